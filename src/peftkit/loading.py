@@ -1,0 +1,65 @@
+"""Load tokenizers and base models for a ModelSpec: built-ins, local folders and hub ids alike.
+
+All three go through `catalog.resolve_model` and then the same `from_pretrained` calls, so a
+built-in model is never special-cased past the catalog. A hub id that cannot be fetched (no
+network, unknown id) becomes one CatalogError line instead of a page of traceback.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from peftkit.catalog.models import resolve_model
+from peftkit.errors import CatalogError
+from peftkit.recipe import ModelSpec
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    source = resolve_model(spec.name)
+    tokenizer = _from_pretrained(AutoTokenizer, source, spec.name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(spec: ModelSpec):
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model(spec.name)
+    return _from_pretrained(AutoModelForCausalLM, source, spec.name, dtype=DTYPES[spec.dtype])
+
+
+def load_classifier(spec: ModelSpec, labels: list[str]):
+    """A sequence classifier with a fresh head sized for `labels` (trained as part of the adapter)."""
+    from transformers import AutoModelForSequenceClassification
+
+    source = resolve_model(spec.name)
+    return _from_pretrained(
+        AutoModelForSequenceClassification,
+        source,
+        spec.name,
+        dtype=DTYPES[spec.dtype],
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+
+
+def _from_pretrained(auto_cls, source: str, name: str, **kwargs):
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized head" notices are expected here
+    try:
+        return auto_cls.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if source == name and "/" in name:
+            raise CatalogError(f"model '{name}': cannot load it from the Hugging Face Hub ({first})") from None
+        raise CatalogError(f"model '{name}' ({source}): {first}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)

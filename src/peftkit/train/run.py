@@ -1,0 +1,125 @@
+"""`peftkit train`: prepare data, load the base model, wrap it with LoRA, train, save the adapter.
+
+    result = train("recipes/quickstart.yaml", overrides=["train.lr=1e-3"])
+    result.run_dir / "adapter"     # PEFT format: adapter_config.json + adapter_model.safetensors
+
+Writes the `train` section of metrics.json (losses, time, steps, tokens, peak memory, trainable
+parameters, adapter size) and, unless `output.mlflow` is false, an MLflow run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from peftkit.catalog.models import BUILTIN_MODELS
+from peftkit.data.prepare import prepare_data
+from peftkit.errors import RecipeError
+from peftkit.recipe import Recipe, load_recipe
+from peftkit.resources import peak_memory
+from peftkit.rundir import new_run_dir, update_metrics
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+
+
+def model_task(data_task: str) -> str:
+    return "sequence-classification" if data_task == "classification" else "causal-lm"
+
+
+def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, console: Console | None = None) -> TrainResult:
+    """Train the recipe's adapter into a new run directory and return it with the training metrics."""
+    import torch
+    from transformers import set_seed
+
+    from peftkit.loading import load_causal_lm, load_classifier, load_tokenizer
+    from peftkit.methods.lora import parameter_counts, wrap_with_lora
+    from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
+
+    console = console or Console(stderr=True)
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    run_dir = new_run_dir(recipe)
+    console.print(f"run directory: [bold]{run_dir}[/bold]")
+    started = time.perf_counter()
+
+    prepared = prepare_data(recipe.data, run_dir / "data")
+    console.print(f"data: {prepared.task}, " + ", ".join(f"{k} {v}" for k, v in prepared.counts.items()))
+    task = model_task(prepared.task)
+    builtin = BUILTIN_MODELS.get(recipe.model.name)
+    if builtin is not None and builtin.task != task:
+        raise RecipeError(f"model.name: '{builtin.name}' is a {builtin.task} model; a {prepared.task} task needs a {task} model")
+
+    set_seed(recipe.train.seed)
+    t_load = time.perf_counter()
+    tokenizer = load_tokenizer(recipe.model)
+    base = load_causal_lm(recipe.model) if task == "causal-lm" else load_classifier(recipe.model, prepared.labels)
+    load_seconds = time.perf_counter() - t_load
+    base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())  # before LoRA layers are added
+    model = wrap_with_lora(base, recipe.method, task)
+    counts = parameter_counts(model)
+    console.print(
+        f"model: {recipe.model.name} ({counts['total_params'] / 1e6:.1f}M params, loaded in {load_seconds:.1f}s), "
+        f"LoRA r={recipe.method.r}: {counts['trainable_params']:,} trainable ({counts['trainable_percent']:.2f}%)"
+    )
+
+    callbacks = [RichProgressCallback(console), TextLogCallback(run_dir / "train.log")]
+    if task == "causal-lm":
+        from peftkit.train.sft import build_sft_trainer
+
+        trainer = build_sft_trainer(model, tokenizer, recipe, prepared, run_dir, callbacks)
+    else:
+        from peftkit.train.classify import build_classify_trainer
+
+        trainer = build_classify_trainer(model, tokenizer, recipe, prepared, run_dir, callbacks)
+    trainer.remove_callback(_default_printer())
+    output = trainer.train()
+    final_eval = trainer.evaluate() if trainer.eval_dataset is not None else {}
+
+    adapter_dir = run_dir / "adapter"
+    model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    history = trainer.state.log_history
+    steps = trainer.state.global_step
+    metrics = {
+        "train_loss": output.training_loss,
+        "val_loss": final_eval.get("eval_loss"),
+        "steps": steps,
+        "epochs": trainer.state.epoch,
+        "train_seconds": output.metrics["train_runtime"],
+        "seconds_per_step": output.metrics["train_runtime"] / max(steps, 1),
+        "train_tokens": trainer.state.num_input_tokens_seen,
+        "tokens_per_second": trainer.state.num_input_tokens_seen / max(output.metrics["train_runtime"], 1e-9),
+        "load_seconds": load_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        **counts,
+        "adapter_bytes": (adapter_dir / "adapter_model.safetensors").stat().st_size,
+        "base_model_bytes": base_bytes,
+        **peak_memory(),
+        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
+        "val_history": [{"step": h["step"], "val_loss": h["eval_loss"]} for h in history if "eval_loss" in h],
+    }
+    update_metrics(run_dir, train=metrics)
+    if recipe.output.mlflow:
+        from peftkit.tracking import log_training
+
+        log_training(recipe, run_dir, metrics)
+    console.print(
+        f"trained {steps} steps in {metrics['train_seconds']:.0f}s "
+        f"({metrics['seconds_per_step']:.2f} s/step), val loss {metrics['val_loss'] if metrics['val_loss'] is not None else '–'}"
+    )
+    return TrainResult(run_dir, metrics)
+
+
+def _default_printer():
+    from transformers.trainer_callback import PrinterCallback
+
+    return PrinterCallback
