@@ -38,7 +38,7 @@ def log_training(recipe: Recipe, run_dir: Path, metrics: dict) -> str:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri(recipe))
-    mlflow.set_experiment(recipe.name)
+    _use_experiment(mlflow, recipe)
     with mlflow.start_run(run_name=run_dir.name) as run:
         mlflow.set_tag("peftkit.run_dir", str(run_dir.resolve()))
         mlflow.log_params(flatten(recipe.model_dump(mode="json")))
@@ -52,6 +52,14 @@ def log_training(recipe: Recipe, run_dir: Path, metrics: dict) -> str:
         run_id = run.info.run_id
     (run_dir / "mlflow_run_id").write_text(run_id, encoding="utf-8")
     return run_id
+
+
+def _use_experiment(mlflow, recipe: Recipe) -> None:
+    """Select the recipe's experiment; artifacts live beside the store, not in ./mlruns of the cwd."""
+    if mlflow.get_experiment_by_name(recipe.name) is None:
+        artifacts = (Path(recipe.output.runs_dir) / "mlartifacts").resolve()
+        mlflow.create_experiment(recipe.name, artifact_location=artifacts.as_uri())
+    mlflow.set_experiment(recipe.name)
 
 
 def log_evaluation(recipe: Recipe, run_dir: Path, results: dict) -> None:
