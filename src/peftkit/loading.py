@@ -63,3 +63,17 @@ def _from_pretrained(auto_cls, source: str, name: str, **kwargs):
         raise CatalogError(f"model '{name}' ({source}): {first}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def load_base_model(spec: ModelSpec, data_task: str, labels: list[str] | None, seed: int):
+    """The base model a task trains on: a causal LM, or a classifier for `labels`.
+
+    The seed is set first so that a classifier's fresh head starts identically in train, eval
+    and merge (its trained copy is saved with the adapter).
+    """
+    from transformers import set_seed
+
+    set_seed(seed)
+    if data_task == "classification":
+        return load_classifier(spec, labels or [])
+    return load_causal_lm(spec)

@@ -30,9 +30,8 @@ from peftkit.rundir import open_run, require, update_metrics
 def evaluate(run_dir: str | Path, console: Console | None = None) -> dict:
     """Score base and tuned on the test split; returns {"base", "tuned", "eval"} (also in metrics.json)."""
     from peft import PeftModel
-    from transformers import set_seed
 
-    from peftkit.loading import load_causal_lm, load_classifier, load_tokenizer
+    from peftkit.loading import load_base_model, load_tokenizer
 
     console = console or Console(stderr=True)
     run_dir, recipe = open_run(run_dir)
@@ -43,11 +42,7 @@ def evaluate(run_dir: str | Path, console: Console | None = None) -> dict:
         raise DataError(f"{run_dir}: the test split is empty; raise data.split.test in the recipe")
     started = time.perf_counter()
     tokenizer = load_tokenizer(recipe.model)
-    set_seed(recipe.train.seed)  # a classifier's untrained head starts as it did in training
-    if prepared.task == "classification":
-        model = load_classifier(recipe.model, prepared.labels)
-    else:
-        model = load_causal_lm(recipe.model)
+    model = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed)
 
     with _progress(console) as progress:
         base_out = _score(model, tokenizer, rows, prepared, recipe, progress, "base ")

@@ -27,9 +27,8 @@ from peftkit.rundir import dir_bytes, open_run, require, update_metrics
 def merge(run_dir: str | Path, console: Console | None = None) -> dict:
     """Merge RUN/adapter into its base, check parity, save RUN/merged; returns the `merge` metrics."""
     from peft import PeftModel
-    from transformers import set_seed
 
-    from peftkit.loading import load_causal_lm, load_classifier, load_tokenizer
+    from peftkit.loading import load_base_model, load_tokenizer
 
     console = console or Console(stderr=True)
     run_dir, recipe = open_run(run_dir)
@@ -38,11 +37,7 @@ def merge(run_dir: str | Path, console: Console | None = None) -> dict:
     started = time.perf_counter()
 
     tokenizer = load_tokenizer(recipe.model)
-    set_seed(recipe.train.seed)
-    if prepared.task == "classification":
-        base = load_classifier(recipe.model, prepared.labels)
-    else:
-        base = load_causal_lm(recipe.model)
+    base = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed)
     model = PeftModel.from_pretrained(base, adapter_dir).eval()
 
     texts = parity_texts(tokenizer, prepared, recipe.export.parity_examples)

@@ -36,9 +36,8 @@ def model_task(data_task: str) -> str:
 def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, console: Console | None = None) -> TrainResult:
     """Train the recipe's adapter into a new run directory and return it with the training metrics."""
     import torch
-    from transformers import set_seed
 
-    from peftkit.loading import load_causal_lm, load_classifier, load_tokenizer
+    from peftkit.loading import load_base_model, load_tokenizer
     from peftkit.methods.lora import parameter_counts, wrap_with_lora
     from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
 
@@ -58,10 +57,9 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     if builtin is not None and builtin.task != task:
         raise RecipeError(f"model.name: '{builtin.name}' is a {builtin.task} model; a {prepared.task} task needs a {task} model")
 
-    set_seed(recipe.train.seed)
     t_load = time.perf_counter()
     tokenizer = load_tokenizer(recipe.model)
-    base = load_causal_lm(recipe.model) if task == "causal-lm" else load_classifier(recipe.model, prepared.labels)
+    base = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed)
     load_seconds = time.perf_counter() - t_load
     base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())  # before LoRA layers are added
     model = wrap_with_lora(base, recipe.method, task)
