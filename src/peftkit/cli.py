@@ -190,10 +190,9 @@ def _base_vs_tuned_table(base: dict, tuned: dict) -> Table:
         if isinstance(value, (int, float)) and key != "examples":
             b = base.get(key)
             table.add_row(key, _fmt(b), _fmt(value), f"{value - b:+.4f}" if isinstance(b, (int, float)) else "")
-    for section in ("per_field",):
-        for key, value in tuned.get(section, {}).items():
-            b = base.get(section, {}).get(key)
-            table.add_row(f"  {key}", _fmt(b), _fmt(value), f"{value - b:+.4f}" if b is not None else "")
+    for key, value in tuned.get("per_field", {}).items():
+        b = base.get("per_field", {}).get(key)
+        table.add_row(f"  {key}", _fmt(b), _fmt(value), f"{value - b:+.4f}" if b is not None else "")
     return table
 
 

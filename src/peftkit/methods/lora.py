@@ -64,8 +64,7 @@ def wrap_with_lora(model: nn.Module, spec: LoraSpec, task: str):
     return get_peft_model(model, config)
 
 
-def parameter_counts(model: nn.Module) -> dict[str, float]:
-    """Trainable and total parameters, and the trainable share in percent."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+def parameter_counts(model) -> dict[str, float]:
+    """Trainable and total parameters of a PeftModel (peft's count: right for 4-bit and ZeRO-3 too)."""
+    trainable, total = model.get_nb_trainable_parameters()
     return {"trainable_params": trainable, "total_params": total, "trainable_percent": 100.0 * trainable / total}

@@ -36,6 +36,7 @@ def model_task(data_task: str) -> str:
 def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, console: Console | None = None) -> TrainResult:
     """Train the recipe's adapter into a new run directory and return it with the training metrics."""
     import torch
+    from transformers.trainer_callback import PrinterCallback
 
     from peftkit.loading import load_base_model, load_tokenizer
     from peftkit.methods.lora import parameter_counts, wrap_with_lora
@@ -78,7 +79,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         from peftkit.train.classify import build_classify_trainer
 
         trainer = build_classify_trainer(model, tokenizer, recipe, prepared, run_dir, callbacks)
-    trainer.remove_callback(_default_printer())
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress bar shows them
     output = trainer.train()
     final_eval = trainer.evaluate() if trainer.eval_dataset is not None else {}
 
@@ -115,9 +116,3 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         f"({metrics['seconds_per_step']:.2f} s/step), val loss {metrics['val_loss'] if metrics['val_loss'] is not None else '–'}"
     )
     return TrainResult(run_dir, metrics)
-
-
-def _default_printer():
-    from transformers.trainer_callback import PrinterCallback
-
-    return PrinterCallback
