@@ -83,12 +83,15 @@ def test_valid_user_file_loads_with_bom(tmp_path):
     assert set(read_split(tmp_path / "o", "train")[0]) == {"text", "label"}
 
 
-def test_user_file_needs_task_and_existing_path(tmp_path):
+def test_user_file_task_is_detected_and_path_must_exist(tmp_path):
     with pytest.raises(DataError, match="neither a built-in dataset"):
         prepare_data(DataSpec(dataset=str(tmp_path / "missing.jsonl")), tmp_path / "o")
-    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "b"}])
-    with pytest.raises(DataError, match="data.task: required"):
-        prepare_data(DataSpec(dataset=str(path)), tmp_path / "o")
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": f"a {i}", "label": "b"} for i in range(5)])
+    prepared = prepare_data(DataSpec(dataset=str(path), split={"val": 0, "test": 0}), tmp_path / "o")
+    assert prepared.task == "classification"
+    assert prepared.manifest["format"].startswith("format classification: fields text, label in 100%")
+    with pytest.raises(DataError, match="data.task: .* holds classification records .* not chat"):
+        prepare_data(DataSpec(dataset=str(path), task="chat"), tmp_path / "o")
 
 
 def test_latin1_file_is_a_clear_error(tmp_path):
