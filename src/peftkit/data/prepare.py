@@ -6,9 +6,10 @@ Steps, in order (each one counts what it removes and writes it to `rejects.jsonl
 1. read the built-in dataset, the file, or the fixed files of `data.files` (see `readers.py`);
    map columns, detect the record format (`formats.py`), validate every row: all problems are
    listed (first 20 in full) and stop the run, or with `on_error: skip` go to rejects;
-2. normalise text (`clean.normalise`); split with the seed (stratified by label for
-   classification; fixed files are kept as given);
-3. drop exact and near duplicates within train; drop train rows that leak into val/test;
+2. normalise text (`clean.normalise`);
+3. drop exact and near duplicates (of the rows train and carved val/test come from; with fixed
+   files, of the train file); split with the seed (stratified by label for classification;
+   fixed files are kept as given); drop train rows that repeat a val/test row (leakage);
 4. measure token lengths with the model's tokenizer; rows over max_length are truncated (counted)
    or dropped (`data.truncation`); a histogram goes to `lengths.png`;
 5. mix general data into train (`data.mix`), then check the chat template on every row;
@@ -75,8 +76,9 @@ def prepare_data(spec: DataSpec, data_dir: Path, tokenizer=None, model_source: s
     loaded = _load(spec)
     rejects: list[dict] = []
     _handle_problems(loaded.problems, spec, rejects, "invalid")
+    loaded.splits["all"], cleaning = _dedup(loaded.splits["all"], spec, rejects)
     splits = _split(loaded, spec)
-    cleaning = _dedup_and_leakage(splits, spec, rejects)
+    cleaning["leakage"] = _leakage(splits, spec, rejects)
     lengths = None
     mix = _mix(splits, spec, loaded.task) if spec.mix else None
     if tokenizer is not None:
@@ -308,39 +310,38 @@ def _carve(rows: list[Row], val: float, test: float, seed: int, task: str) -> di
 # ---------------------------------------------------------------- 3. duplicates and leakage
 
 
-def _dedup_and_leakage(splits: dict[str, list[Row]], spec: DataSpec, rejects: list[dict]) -> dict:
-    train = splits["train"]
-    keys = [clean.dedup_key(text_fields(r.record)) for r in train]
-    drop: dict[int, str] = {}
+def _dedup(rows: list[Row], spec: DataSpec, rejects: list[dict]) -> tuple[list[Row], dict]:
+    """Exact, then near duplicates among the rows train (and carved val/test) come from; first one kept."""
+    keys = [clean.dedup_key(text_fields(r.record)) for r in rows]
     exact = clean.find_exact(keys) if spec.dedup.exact else {}
-    for i, j in exact.items():
-        drop[i] = f"exact duplicate of {train[j].where}{_label_note(train[i], train[j])}"
-    near = clean.find_near(keys, spec.dedup, skip=set(exact)) if spec.dedup.near and train else {}
-    for i, (j, sim) in near.items():
-        drop[i] = f"near duplicate (estimated Jaccard {sim:.2f}) of {train[j].where}{_label_note(train[i], train[j])}"
-    for i in sorted(drop):
-        stage = "exact_duplicate" if i in exact else "near_duplicate"
-        rejects.append({"stage": stage, "where": train[i].where, "reason": drop[i], "record": train[i].record})
-    train = [r for i, r in enumerate(train) if i not in drop]
+    near = clean.find_near(keys, spec.dedup, skip=set(exact)) if spec.dedup.near and rows else {}
+    for i in sorted(set(exact) | set(near)):
+        if i in exact:
+            j, stage, how = exact[i], "exact_duplicate", "exact duplicate"
+        else:
+            (j, sim), stage = near[i], "near_duplicate"
+            how = f"near duplicate (estimated Jaccard {sim:.2f})"
+        rejects.append({"stage": stage, "where": rows[i].where, "record": rows[i].record,
+                        "reason": f"{how} of {rows[j].where}{_label_note(rows[i], rows[j])}"})
+    kept = [r for i, r in enumerate(rows) if i not in exact and i not in near]
+    return kept, {"exact_duplicates": len(exact), "near_duplicates": len(near), "dedup": spec.dedup.model_dump()}
 
+
+def _leakage(splits: dict[str, list[Row]], spec: DataSpec, rejects: list[dict]) -> dict[str, int]:
+    """Train rows that are exact or near duplicates of a val/test row leave train (to rejects)."""
+    train = splits["train"]
     heldout = [(s, r) for s in ("val", "test") for r in splits[s]]
     leaks = clean.find_leaks([clean.dedup_key(text_fields(r.record)) for r in train],
                              [clean.dedup_key(text_fields(r.record)) for _, r in heldout], spec.dedup)
-    leak_counts = Counter()
+    counts = Counter()
     for i, (j, kind, sim) in sorted(leaks.items()):
         split, other = heldout[j]
-        leak_counts[split] += 1
+        counts[split] += 1
         how = "exact" if kind == "exact" else f"near (estimated Jaccard {sim:.2f})"
-        rejects.append({"stage": "leakage", "where": train[i].where,
-                        "reason": f"{how} duplicate of {split} row {other.where}: removed from train",
-                        "record": train[i].record})
+        rejects.append({"stage": "leakage", "where": train[i].where, "record": train[i].record,
+                        "reason": f"{how} duplicate of {split} row {other.where}: removed from train"})
     splits["train"] = [r for i, r in enumerate(train) if i not in leaks]
-    return {
-        "exact_duplicates": len(exact),
-        "near_duplicates": len(near),
-        "dedup": spec.dedup.model_dump(),
-        "leakage": {s: leak_counts.get(s, 0) for s in ("val", "test")},
-    }
+    return {s: counts.get(s, 0) for s in ("val", "test")}
 
 
 def _label_note(a: Row, b: Row) -> str:
