@@ -77,6 +77,8 @@ def _label_field(record: dict) -> list[str]:
         return ["label: null (expected a string or integer)"]
     if not isinstance(label, (str, int)) or isinstance(label, bool):
         return [f"label: expected a string or integer, found {type(label).__name__}"]
+    if isinstance(label, str) and not label.strip():
+        return ["label: empty (expected a string or integer)"]
     return []
 
 
