@@ -46,7 +46,11 @@ class SplitSpec(Spec):
 class DedupSpec(Spec):
     exact: bool = Field(True, description="Drop training rows whose normalised text repeats an earlier row.")
     near: bool = Field(True, description="Drop training rows that are near duplicates (MinHash LSH, datasketch).")
-    threshold: float = Field(0.8, gt=0.0, le=1.0, description="Estimated Jaccard similarity of word shingles that counts as near.")
+    threshold: float = Field(
+        0.7, gt=0.0, le=1.0,
+        description="Estimated Jaccard similarity of word shingles that counts as near (0.7 with 3-word shingles: "
+        "a copy of a 60-word text with a few words edited; each edit changes up to 3 shingles).",
+    )
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations: more is more precise and slower.")
     shingle: int = Field(3, ge=1, le=10, description="Words per shingle.")
 

@@ -26,8 +26,8 @@ _TRAILING = re.compile(r"[ \t]+\n")
 _WORD = re.compile(r"\w+")
 # MinHashLSH weighs false positives against false negatives when it picks bands x rows. Every
 # candidate is confirmed with the MinHash Jaccard estimate, so a false positive only costs one
-# comparison: weigh misses far more (128 perms at 0.8 -> 16 bands of 8 rows; a pair at J=0.85
-# collides in at least one band with p=0.994, against 0.82 with the default equal weights).
+# comparison: weigh misses far more (128 perms at threshold 0.8 -> 16 bands of 8 rows: a pair at
+# J=0.85 collides in at least one band with p=0.994, against 0.82 with the default equal weights).
 LSH_WEIGHTS = (0.05, 0.95)
 
 
