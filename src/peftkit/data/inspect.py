@@ -22,7 +22,10 @@ from peftkit.data import clean
 from peftkit.data.lengths import length_stats, save_histogram, token_lengths
 from peftkit.data.prepare import PreparedData, prepare_data, read_records
 from peftkit.data.records import text_fields
-from peftkit.recipe import DataSpec, DedupSpec, ModelSpec, Recipe, load_recipe
+from pydantic import ValidationError
+
+from peftkit.errors import RecipeError
+from peftkit.recipe import DataSpec, DedupSpec, ModelSpec, Recipe, _format_validation_error, load_recipe
 
 
 @dataclass
@@ -55,8 +58,11 @@ def inspect_file(path: Path, columns: dict[str, str] | None = None, fmt: str = "
     """Read, detect and validate every row of `path`; count duplicates and token lengths; save a histogram."""
     from peftkit.loading import load_tokenizer
 
-    spec = DataSpec(dataset=str(path), columns=columns or {}, format=fmt, task=task, on_error="skip",
-                    max_length=max_length)
+    try:
+        spec = DataSpec(dataset=str(path), columns=columns or {}, format=fmt, task=task, on_error="skip",
+                        max_length=max_length)
+    except ValidationError as exc:
+        raise RecipeError(_format_validation_error("data inspect", exc)) from None
     problems: list = []
     rows, info, detected, why, task = read_records(Path(path), spec, problems)
     report = Inspection(info["path"], info["kind"], info["sha256"], detected, why, task, info["rows"], len(rows),

@@ -76,7 +76,7 @@ def prepare_data(spec: DataSpec, data_dir: Path, tokenizer=None, model_source: s
     loaded = _load(spec)
     rejects: list[dict] = []
     _handle_problems(loaded.problems, spec, rejects, "invalid")
-    loaded.splits["all"], cleaning = _dedup(loaded.splits["all"], spec, rejects)
+    loaded.splits["all"], cleaning = _dedup(loaded.splits["all"], spec, rejects, console)
     splits = _split(loaded, spec)
     cleaning["leakage"] = _leakage(splits, spec, rejects)
     lengths = None
@@ -310,11 +310,24 @@ def _carve(rows: list[Row], val: float, test: float, seed: int, task: str) -> di
 # ---------------------------------------------------------------- 3. duplicates and leakage
 
 
-def _dedup(rows: list[Row], spec: DataSpec, rejects: list[dict]) -> tuple[list[Row], dict]:
+def _dedup(rows: list[Row], spec: DataSpec, rejects: list[dict], console: Console) -> tuple[list[Row], dict]:
     """Exact, then near duplicates among the rows train (and carved val/test) come from; first one kept."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     keys = [clean.dedup_key(text_fields(r.record)) for r in rows]
     exact = clean.find_exact(keys) if spec.dedup.exact else {}
-    near = clean.find_near(keys, spec.dedup, skip=set(exact)) if spec.dedup.near and rows else {}
+    near = {}
+    if spec.dedup.near and rows:
+        columns = (TextColumn("near duplicates"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True, disable=len(rows) < 5000) as progress:
+            task = progress.add_task("minhash", total=len(rows) - len(exact), rate="")
+
+            def advance(n: int) -> None:
+                speed = progress.tasks[task].speed
+                progress.update(task, advance=n, rate=f"{speed:,.0f} rows/s" if speed else "")
+
+            near = clean.find_near(keys, spec.dedup, skip=set(exact), progress=advance)
     for i in sorted(set(exact) | set(near)):
         if i in exact:
             j, stage, how = exact[i], "exact_duplicate", "exact duplicate"
