@@ -57,6 +57,7 @@ def test_prepare_writes_the_run_dir_and_shows_the_template(tmp_path, tiny_llama_
     assert [i["kind"] for i in manifest["inputs"]] == ["jsonl", "jsonl.gz"]
     assert manifest["template"]["checked"] and set(manifest["template"]["examples"]) == {"train", "test"}
     assert "template check: train example" in out and "⟦hello<|im_end|>" in out
+    assert manifest["template"]["stop_tokens"] == ["<|im_end|>"] and manifest["template"]["rows_checked"] == 4
     assert (data / "lengths.png").is_file() and len((data / "rejects.jsonl").read_text().splitlines()) == 6
 
 
@@ -70,6 +71,10 @@ def test_train_runs_prepare_on_a_raw_file_and_refuses_preference(tmp_path, tiny_
     run = tmp_path / "runs" / "c"
     assert json.loads((run / "data" / "manifest.json").read_text())["task"] == "completion"
     assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 1
+    invoke("eval", run)
+    invoke("merge", run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["tuned"]["loss"] > 0 and metrics["merge"]["passed"]
     sets[1], sets[5] = f"data.dataset={FILES / 'preference.jsonl'}", "output.run_id=p"
     with pytest.raises(DataError, match="prepared and stored for DPO"):
         runner.invoke(app, ["train", "chatterbot-sft", "--set", "data.on_error=skip",

@@ -63,3 +63,12 @@ def test_answer_containing_the_stop_token_is_caught(tok):
     bad = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a<|im_end|>b"}]}
     with pytest.raises(DataError, match=r"f.jsonl:3 .*the loss mask covers 'a' before the end-of-turn token"):
         check_templates({"train": [(bad, "f.jsonl:3")]}, "chat", None, tok, stop_token_ids(tok))
+
+
+def test_special_tokens_in_text_are_row_problems(tok):
+    from peftkit.data.template import special_token_problems
+
+    bad = {"messages": [{"role": "user", "content": "end<|im_start|>system"}, {"role": "assistant", "content": "ok"}]}
+    assert special_token_problems(bad, tok) == [
+        "messages[0].content: contains the special token '<|im_start|>', which the template uses as a marker"]
+    assert special_token_problems({"input": "plain", "output": "{}"}, tok) == []

@@ -82,6 +82,7 @@ def prepare_data(spec: DataSpec, data_dir: Path, tokenizer=None, model_source: s
     lengths = None
     mix = _mix(splits, spec, loaded.task) if spec.mix else None
     if tokenizer is not None:
+        _special_tokens(splits, spec, tokenizer, rejects)
         lengths = _lengths(splits, spec, loaded, tokenizer, rejects, data_dir)
     labels = _check_labels(splits, spec, loaded.task, rejects)
     if not splits["train"]:
@@ -124,6 +125,9 @@ def summary_line(prepared: PreparedData) -> str:
              f"leakage {sum(c.get('leakage', {}).values())}"]
     if m.get("lengths"):
         parts.append(f"over max_length {m['lengths']['over_max']} ({m['lengths']['truncation']})")
+    if (m.get("template") or {}).get("checked"):
+        t = m["template"]
+        parts.append(f"template check passed on {t['rows_checked']} rows (stop token {', '.join(t['stop_tokens'])})")
     return "; ".join(parts)
 
 
@@ -164,8 +168,10 @@ def _load(spec: DataSpec) -> _Loaded:
             raise DataError(f"data.files.{split}: {path} holds {fmt} records for a {file_task} task; "
                             f"data.files.train is {task}")
         task = file_task
+        info["valid_rows"] = len(rows)
         if split == "train" and spec.size is not None and spec.size < len(rows):
             rows = random.Random(spec.split.seed).sample(rows, spec.size)
+            info["rows_used"] = len(rows)  # data.size: a seeded sample, the rest left out on purpose
         splits[split] = rows
         inputs.append({"split": split, **info})
         formats[split] = why
@@ -249,8 +255,10 @@ def _load_builtin(spec: DataSpec) -> _Loaded:
             rows.append(Row(canonical(record, task, task), where))
     splits: dict[str, list[Row] | None] = {s: None for s in SPLITS}
     splits["all"] = rows
-    return _Loaded(task, spec.instruction or builtin.instruction, splits,
-                   [{"builtin": builtin.name, "source": builtin.source, "rows": len(rows) + len(problems)}],
+    digest = hashlib.sha256("".join(json.dumps(r.record, ensure_ascii=False) + "\n" for r in rows).encode()).hexdigest()
+    info = {"builtin": builtin.name, "source": builtin.source, "size": spec.size, "rows": len(rows) + len(problems),
+            "sha256": digest}  # sha256 of the records as loaded (canonical JSONL), there is no single file
+    return _Loaded(task, spec.instruction or builtin.instruction, splits, [info],
                    f"built-in {task} dataset", problems)
 
 
@@ -423,6 +431,18 @@ def _mix(splits: dict[str, list[Row]], spec: DataSpec, task: str) -> dict:
             "available": len(pool)}
 
 
+def _special_tokens(splits: dict[str, list[Row]], spec: DataSpec, tokenizer, rejects: list[dict]) -> None:
+    """Every row whose text holds a special token of the model: a problem (stop) or a reject (skip)."""
+    from peftkit.data.template import special_token_problems
+
+    problems = [(r.where, p, r.record) for rows in splits.values() for r in rows
+                for p in special_token_problems(r.record, tokenizer)]
+    _handle_problems(problems, spec, rejects, "special_token")
+    bad = {w for w, _, _ in problems}
+    for name in splits:
+        splits[name] = [r for r in splits[name] if r.where not in bad]
+
+
 def _template(splits, loaded: _Loaded, tokenizer, model_source) -> dict | None:
     from peftkit.data.template import check_templates, stop_token_ids
 
@@ -434,7 +454,7 @@ def _template(splits, loaded: _Loaded, tokenizer, model_source) -> dict | None:
     return {
         "checked": True,
         "stop_tokens": sorted(tokenizer.convert_ids_to_tokens(sorted(stops))),
-        "rows_checked": sum(len(rows) for rows in splits.values()),
+        "rows_checked": sum(e.rows_checked for e in shown),
         "examples": {e.split: {"where": e.where, "rendered": e.marked} for e in shown},
     }
 

@@ -24,6 +24,7 @@ from peftkit.data.records import to_prompt_completion
 from peftkit.errors import DataError
 
 MARK_OPEN, MARK_CLOSE = "⟦", "⟧"
+ROWS_PER_SPLIT = 1000  # rows rendered per split; `special_token_problems` scans every row
 
 
 @dataclass
@@ -51,7 +52,12 @@ def stop_token_ids(tokenizer, model_source: str | Path | None = None) -> set[int
 
 def check_templates(splits: dict[str, list[tuple[dict, str]]], task: str, instruction: str | None,
                     tokenizer, stop_ids: set[int]) -> list[TemplateExample]:
-    """Check every row of every split; return the first row of each split, rendered and marked."""
+    """Check the first ROWS_PER_SPLIT rows of each split; return the first row of each, rendered and marked.
+
+    A template renders every row alike, so a sample finds template mistakes; what differs per row
+    (an answer that contains the end-of-turn token itself) is caught on every row by
+    `special_token_problems`.
+    """
     if task == "classification":
         return []
     conversational = task != "completion"
@@ -63,15 +69,25 @@ def check_templates(splits: dict[str, list[tuple[dict, str]]], task: str, instru
     shown = []
     for split, rows in splits.items():
         first = None
-        for record, where in rows:
+        for record, where in rows[:ROWS_PER_SPLIT]:
             try:
                 marked = _check_row(record, task, instruction, tokenizer, stop_ids)
             except _Mismatch as exc:
                 raise DataError(f"template check failed at {where} ({split}): {exc}") from None
-            first = first or TemplateExample(split, where, marked, len(rows))
+            first = first or TemplateExample(split, where, marked, min(len(rows), ROWS_PER_SPLIT))
         if first:
             shown.append(first)
     return shown
+
+
+def special_token_problems(record: dict, tokenizer) -> list[str]:
+    """Fields whose text holds one of the tokenizer's special tokens (it would end a turn early or
+    fake a role marker): 'field: contains the special token …' strings, empty when clean."""
+    specials = [t for t in tokenizer.all_special_tokens if t and len(t) > 1]
+    fields = ([(f"messages[{i}].content", m["content"]) for i, m in enumerate(record["messages"])]
+              if "messages" in record else [(k, v) for k, v in record.items() if isinstance(v, str) and k != "label"])
+    return [f"{name}: contains the special token {tok!r}, which the template uses as a marker"
+            for name, text in fields for tok in specials if tok in text]
 
 
 def _check_row(record: dict, task: str, instruction: str | None, tok, stop_ids: set[int]) -> str:
