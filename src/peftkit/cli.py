@@ -176,7 +176,7 @@ def data_prepare(recipe: Annotated[str, typer.Argument(help="Recipe YAML path or
     console.print(table)
     c = m["cleaning"]
     console.print(f"format: {m['format']}")
-    console.print(f"removed from train: {c['exact_duplicates']} exact and {c['near_duplicates']} near duplicates, "
+    console.print(f"removed before splitting: {c['exact_duplicates']} exact and {c['near_duplicates']} near duplicates; from train: "
                   f"{sum(c['leakage'].values())} leaking into val/test ({c['leakage']['val']} val, {c['leakage']['test']} test)")
     if m.get("mix"):
         console.print(f"mixed in: {m['mix']['rows']} rows of {m['mix']['dataset']} ({m['mix']['fraction']:.0%} of train)")
