@@ -137,7 +137,7 @@ def test_fixed_splits_and_a_val_label_train_lacks(tmp_path):
     assert "split_val.jsonl:2: label: 'c' does not occur in train (train labels: a, b)" in msg
     prepared = prepare(tmp_path, files=files, split={"val": 0.1, "test": 0.5}, on_error="skip")
     assert prepared.counts == {"train": 2, "val": 1, "test": 2}  # val kept as given (less the bad row), test carved
-    assert prepared.manifest["splits"]["val"]["fixed"] and not prepared.manifest["splits"]["test"]["fixed"]
+    assert [prepared.manifest["splits"][s]["fixed"] for s in ("train", "val", "test")] == [True, True, False]
     assert [r["stage"] for r in rejects(tmp_path)] == ["unseen_label"]
 
 

@@ -63,7 +63,8 @@ class PreparedData:
 class _Loaded:
     task: str
     instruction: str | None
-    splits: dict[str, list[Row] | None]  # None: carve this split out of train
+    pool: list[Row]  # rows train (and val/test unless fixed) are carved from
+    fixed: dict[str, list[Row]]  # val/test given as their own files
     inputs: list[dict]
     detection: str
     problems: list[tuple[str, str, object]]  # (where, problem, raw record)
@@ -76,7 +77,7 @@ def prepare_data(spec: DataSpec, data_dir: Path, tokenizer=None, model_source: s
     loaded = _load(spec)
     rejects: list[dict] = []
     _handle_problems(loaded.problems, spec, rejects, "invalid")
-    loaded.splits["all"], cleaning = _dedup(loaded.splits["all"], spec, rejects, console)
+    loaded.pool, cleaning = _dedup(loaded.pool, spec, rejects, console)
     splits = _split(loaded, spec)
     cleaning["leakage"] = _leakage(splits, spec, rejects)
     lengths = None
@@ -107,7 +108,8 @@ def prepare_data(spec: DataSpec, data_dir: Path, tokenizer=None, model_source: s
     }
     for name, rows in splits.items():
         digest = _write_jsonl(data_dir / f"{name}.jsonl", [r.record for r in rows])
-        manifest["splits"][name] = {"count": len(rows), "sha256": digest, "fixed": loaded.splits.get(name) is not None}
+        fixed = spec.files is not None and getattr(spec.files, name) is not None
+        manifest["splits"][name] = {"count": len(rows), "sha256": digest, "fixed": fixed}
     _write_jsonl(data_dir / "rejects.jsonl", rejects)
     (data_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     prepared = PreparedData(loaded.task, loaded.instruction, labels, {k: len(v) for k, v in splits.items()},
@@ -160,7 +162,7 @@ def _load(spec: DataSpec) -> _Loaded:
         )
     paths = {"train": spec.dataset} if spec.dataset else {k: v for k, v in spec.files.model_dump().items() if v}
     problems: list[tuple[str, str, object]] = []
-    splits: dict[str, list[Row] | None] = {s: None for s in SPLITS}
+    splits: dict[str, list[Row]] = {}
     inputs, formats, task = [], {}, None
     for split, path in paths.items():
         rows, info, fmt, why, file_task = read_records(Path(path), spec, problems)
@@ -175,16 +177,9 @@ def _load(spec: DataSpec) -> _Loaded:
         splits[split] = rows
         inputs.append({"split": split, **info})
         formats[split] = why
-    if spec.dataset:
-        splits["train"], detection = None, formats["train"]
-        loaded_rows = rows
-    else:
-        detection = "; ".join(f"{k}: {v}" for k, v in formats.items())
-        loaded_rows = splits.pop("train")
-        splits["train"] = None
-    loaded = _Loaded(task, spec.instruction, splits, inputs, detection, problems)
-    loaded.splits["all"] = loaded_rows  # rows that train (and carved val/test) come from
-    return loaded
+    detection = formats["train"] if spec.dataset else "; ".join(f"{k}: {v}" for k, v in formats.items())
+    pool = splits.pop("train")
+    return _Loaded(task, spec.instruction, pool, splits, inputs, detection, problems)
 
 
 def read_records(path: Path, spec: DataSpec, problems: list) -> tuple[list[Row], dict, str, str, str]:
@@ -253,12 +248,10 @@ def _load_builtin(spec: DataSpec) -> _Loaded:
         problems += [(where, p, record) for p in found]
         if not found:
             rows.append(Row(canonical(record, task, task), where))
-    splits: dict[str, list[Row] | None] = {s: None for s in SPLITS}
-    splits["all"] = rows
     digest = hashlib.sha256("".join(json.dumps(r.record, ensure_ascii=False) + "\n" for r in rows).encode()).hexdigest()
     info = {"builtin": builtin.name, "source": builtin.source, "size": spec.size, "rows": len(rows) + len(problems),
             "sha256": digest}  # sha256 of the records as loaded (canonical JSONL), there is no single file
-    return _Loaded(task, spec.instruction or builtin.instruction, splits, [info],
+    return _Loaded(task, spec.instruction or builtin.instruction, rows, {}, [info],
                    f"built-in {task} dataset", problems)
 
 
@@ -285,11 +278,10 @@ def _handle_problems(problems: list, spec: DataSpec, rejects: list[dict], stage:
 
 def _split(loaded: _Loaded, spec: DataSpec) -> dict[str, list[Row]]:
     """Seeded split of the loaded rows; fixed splits are kept, only the missing ones are carved."""
-    rows = loaded.splits.pop("all")
-    val = 0.0 if loaded.splits["val"] is not None else spec.split.val
-    test = 0.0 if loaded.splits["test"] is not None else spec.split.test
-    carved = _carve(rows, val, test, spec.split.seed, loaded.task)
-    return {s: loaded.splits[s] if loaded.splits[s] is not None else carved[s] for s in SPLITS}
+    val = 0.0 if "val" in loaded.fixed else spec.split.val
+    test = 0.0 if "test" in loaded.fixed else spec.split.test
+    carved = _carve(loaded.pool, val, test, spec.split.seed, loaded.task)
+    return {s: loaded.fixed.get(s, carved[s]) for s in SPLITS}
 
 
 def _carve(rows: list[Row], val: float, test: float, seed: int, task: str) -> dict[str, list[Row]]:
