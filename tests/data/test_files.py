@@ -164,3 +164,12 @@ def test_parquet_and_datasets_folder_load(tmp_path):
     (tmp_path / "fake.parquet").write_text("a,b\n")
     with pytest.raises(DataError, match="fake.parquet: named .parquet but it is not a Parquet file"):
         prepare_data(DataSpec(dataset=str(tmp_path / "fake.parquet")), tmp_path / "f")
+
+
+def test_gzipped_json_array_keeps_line_numbers(tmp_path):
+    import gzip
+
+    rows = [{"text": "first", "label": "a"}, {"text": "", "label": "b"}]
+    (tmp_path / "rows.json.gz").write_bytes(gzip.compress(json.dumps(rows, indent=1).encode()))
+    with pytest.raises(DataError, match=r"rows.json.gz:6: text: empty text"):
+        prepare_data(DataSpec(dataset=str(tmp_path / "rows.json.gz"), split=NO_SPLIT), tmp_path / "o")

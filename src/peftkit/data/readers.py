@@ -4,7 +4,7 @@
     rows[0].where      # 'data.jsonl.gz:1'
     rows[0].record     # the parsed object (or None, with rows[0].problem saying why)
 
-Supported: JSON Lines (`.jsonl`, `.jsonl.gz`), JSON arrays (`.json`; a `.json` file of one object
+Supported: JSON Lines (`.jsonl`, `.jsonl.gz`), JSON arrays (`.json`, `.json.gz`; a `.json` file of one object
 per line is read as JSON Lines), CSV/TSV (`.csv`, `.tsv`, quoted multi-line fields), Parquet, and
 folders written by `datasets.Dataset.save_to_disk`. Text must be UTF-8 (a BOM and CRLF line endings
 are fine). A file that is not what its name says - gzip bytes named `.jsonl`, a directory, a missing
@@ -28,7 +28,7 @@ from peftkit.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
-KINDS = ("jsonl", "jsonl.gz", "json", "csv", "tsv", "parquet", "datasets folder")
+KINDS = ("jsonl", "jsonl.gz", "json", "json.gz", "csv", "tsv", "parquet", "datasets folder")
 
 
 @dataclass
@@ -59,7 +59,7 @@ def read_file(path: Path) -> tuple[list[RawRow], FileInfo]:
     if kind == "parquet":
         rows = _read_parquet(path)
     else:
-        if kind == "jsonl.gz":
+        if kind.endswith(".gz"):
             try:
                 raw_text = gzip.decompress(raw)
             except (OSError, EOFError) as exc:
@@ -69,7 +69,7 @@ def read_file(path: Path) -> tuple[list[RawRow], FileInfo]:
         text = _decode(path, raw_text)
         if kind in ("jsonl", "jsonl.gz"):
             rows = _read_jsonl(path, text)
-        elif kind == "json":
+        elif kind in ("json", "json.gz"):
             rows = _read_json(path, text)
         else:
             rows = _read_csv(path, text, delimiter="\t" if kind == "tsv" else ",")
@@ -79,7 +79,7 @@ def read_file(path: Path) -> tuple[list[RawRow], FileInfo]:
 def _kind_of(path: Path, head: bytes) -> str:
     name = path.name.lower()
     if name.endswith((".jsonl.gz", ".json.gz")):
-        return "jsonl.gz"
+        return name.rsplit(".", 2)[-2] + ".gz"
     suffix = path.suffix.lower()
     if head.startswith(GZIP_MAGIC):
         raise DataError(f"{path}: the file is gzip-compressed but named {suffix or 'without a suffix'}; "
