@@ -94,19 +94,24 @@ def shingle_hashes(keys: list[str], k: int) -> list[np.ndarray]:
     return out
 
 
-def minhashes(keys: list[str], spec: DedupSpec, progress: Callable[[int], None] | None = None):
-    """One LeanMinHash per text (datasketch), from bulk-hashed shingles."""
+def minhashes(keys: list[str], spec: DedupSpec, progress: Callable[[int], None] | None = None,
+              cache: dict | None = None) -> list:
+    """One LeanMinHash per text (datasketch), from bulk-hashed shingles.
+
+    `cache` ({key: sketch}, filled here) lets the leakage check reuse the sketches dedup made.
+    """
     from datasketch import LeanMinHash, MinHash
 
-    hashes = shingle_hashes(keys, spec.shingle)
-    out = []
-    for i, m in enumerate(MinHash.generator(hashes, num_perm=spec.num_perm, seed=1, hashfunc=_identity)):
-        out.append(LeanMinHash(m))
+    cache = {} if cache is None else cache
+    todo = list(dict.fromkeys(k for k in keys if k not in cache))
+    hashes = shingle_hashes(todo, spec.shingle)
+    for i, (key, m) in enumerate(zip(todo, MinHash.generator(hashes, num_perm=spec.num_perm, seed=1, hashfunc=_identity))):
+        cache[key] = LeanMinHash(m)
         if progress and i % 1000 == 999:
             progress(1000)
     if progress:
-        progress(len(keys) % 1000)
-    return out
+        progress(len(todo) % 1000)
+    return [cache[k] for k in keys]
 
 
 def _identity(value):
@@ -114,7 +119,7 @@ def _identity(value):
 
 
 def find_near(keys: list[str], spec: DedupSpec, skip: set[int] | None = None,
-              progress: Callable[[int], None] | None = None) -> dict[int, tuple[int, float]]:
+              progress: Callable[[int], None] | None = None, cache: dict | None = None) -> dict[int, tuple[int, float]]:
     """{row: (earlier kept row, estimated Jaccard)} for rows at least `threshold` similar to a kept row.
 
     Rows in `skip` (e.g. exact duplicates already removed) are neither indexed nor reported.
@@ -123,7 +128,7 @@ def find_near(keys: list[str], spec: DedupSpec, skip: set[int] | None = None,
 
     skip = skip or set()
     index = [i for i in range(len(keys)) if i not in skip]
-    sketches = minhashes([keys[i] for i in index], spec, progress)
+    sketches = minhashes([keys[i] for i in index], spec, progress, cache)
     lsh = MinHashLSH(threshold=spec.threshold, num_perm=spec.num_perm, weights=LSH_WEIGHTS)
     dupes: dict[int, tuple[int, float]] = {}
     for pos, (i, m) in enumerate(zip(index, sketches)):
@@ -135,7 +140,8 @@ def find_near(keys: list[str], spec: DedupSpec, skip: set[int] | None = None,
     return dupes
 
 
-def find_leaks(train_keys: list[str], heldout_keys: list[str], spec: DedupSpec) -> dict[int, tuple[int, str, float]]:
+def find_leaks(train_keys: list[str], heldout_keys: list[str], spec: DedupSpec,
+               cache: dict | None = None) -> dict[int, tuple[int, str, float]]:
     """{train row: (held-out row, "exact" | "near", similarity)} for train rows that repeat a val/test row."""
     exact = {}
     for j, key in enumerate(heldout_keys):
@@ -145,12 +151,12 @@ def find_leaks(train_keys: list[str], heldout_keys: list[str], spec: DedupSpec) 
         return leaks
     from datasketch import MinHashLSH
 
-    held = minhashes(heldout_keys, spec)
+    held = minhashes(heldout_keys, spec, cache=cache)
     lsh = MinHashLSH(threshold=spec.threshold, num_perm=spec.num_perm, weights=LSH_WEIGHTS)
     for j, m in enumerate(held):
         lsh.insert(j, m, check_duplication=False)
     rest = [i for i in range(len(train_keys)) if i not in leaks]
-    for i, m in zip(rest, minhashes([train_keys[i] for i in rest], spec)):
+    for i, m in zip(rest, minhashes([train_keys[i] for i in rest], spec, cache=cache)):
         best = _best_match(lsh, m, held, spec.threshold)
         if best is not None:
             leaks[i] = (best[0], "near", best[1])

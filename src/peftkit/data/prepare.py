@@ -77,9 +77,10 @@ def prepare_data(spec: DataSpec, data_dir: Path, tokenizer=None, model_source: s
     loaded = _load(spec)
     rejects: list[dict] = []
     _handle_problems(loaded.problems, spec, rejects, "invalid")
-    loaded.pool, cleaning = _dedup(loaded.pool, spec, rejects, console)
+    sketches: dict = {}  # MinHash per dedup key, made once for dedup and leakage
+    loaded.pool, cleaning = _dedup(loaded.pool, spec, rejects, console, sketches)
     splits = _split(loaded, spec)
-    cleaning["leakage"] = _leakage(splits, spec, rejects)
+    cleaning["leakage"] = _leakage(splits, spec, rejects, sketches)
     lengths = None
     mix = _mix(splits, spec, loaded.task) if spec.mix else None
     if tokenizer is not None:
@@ -310,7 +311,8 @@ def _carve(rows: list[Row], val: float, test: float, seed: int, task: str) -> di
 # ---------------------------------------------------------------- 3. duplicates and leakage
 
 
-def _dedup(rows: list[Row], spec: DataSpec, rejects: list[dict], console: Console) -> tuple[list[Row], dict]:
+def _dedup(rows: list[Row], spec: DataSpec, rejects: list[dict], console: Console,
+           sketches: dict) -> tuple[list[Row], dict]:
     """Exact, then near duplicates among the rows train (and carved val/test) come from; first one kept."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -327,7 +329,7 @@ def _dedup(rows: list[Row], spec: DataSpec, rejects: list[dict], console: Consol
                 speed = progress.tasks[task].speed
                 progress.update(task, advance=n, rate=f"{speed:,.0f} rows/s" if speed else "")
 
-            near = clean.find_near(keys, spec.dedup, skip=set(exact), progress=advance)
+            near = clean.find_near(keys, spec.dedup, skip=set(exact), progress=advance, cache=sketches)
     for i in sorted(set(exact) | set(near)):
         if i in exact:
             j, stage, how = exact[i], "exact_duplicate", "exact duplicate"
@@ -340,12 +342,12 @@ def _dedup(rows: list[Row], spec: DataSpec, rejects: list[dict], console: Consol
     return kept, {"exact_duplicates": len(exact), "near_duplicates": len(near), "dedup": spec.dedup.model_dump()}
 
 
-def _leakage(splits: dict[str, list[Row]], spec: DataSpec, rejects: list[dict]) -> dict[str, int]:
+def _leakage(splits: dict[str, list[Row]], spec: DataSpec, rejects: list[dict], sketches: dict) -> dict[str, int]:
     """Train rows that are exact or near duplicates of a val/test row leave train (to rejects)."""
     train = splits["train"]
     heldout = [(s, r) for s in ("val", "test") for r in splits[s]]
     leaks = clean.find_leaks([clean.dedup_key(text_fields(r.record)) for r in train],
-                             [clean.dedup_key(text_fields(r.record)) for _, r in heldout], spec.dedup)
+                             [clean.dedup_key(text_fields(r.record)) for _, r in heldout], spec.dedup, sketches)
     counts = Counter()
     for i, (j, kind, sim) in sorted(leaks.items()):
         split, other = heldout[j]
