@@ -11,6 +11,7 @@ a classification row as the encoder tokenizes it (with its special tokens).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -39,14 +40,17 @@ def _chat_text(tokenizer, messages: list[dict], fallback: str | None) -> str:
     return "\n".join(m["content"] for m in messages)
 
 
-def token_lengths(rows: list[dict], task: str, tokenizer, instruction: str | None = None, batch: int = 512) -> list[int]:
+def token_lengths(rows: list[dict], task: str, tokenizer, instruction: str | None = None, batch: int = 512,
+                  progress: Callable[[int], None] | None = None) -> list[int]:
     """Tokens per canonical record, as the training path would count them."""
-    texts = [render_text(r, task, instruction, tokenizer) for r in rows]
     special = task == "classification"  # chat templates already hold their special tokens
     out: list[int] = []
-    for i in range(0, len(texts), batch):
-        enc = tokenizer(texts[i : i + batch], add_special_tokens=special)["input_ids"]
+    for i in range(0, len(rows), batch):
+        texts = [render_text(r, task, instruction, tokenizer) for r in rows[i : i + batch]]
+        enc = tokenizer(texts, add_special_tokens=special)["input_ids"]
         out += [len(ids) for ids in enc]
+        if progress:
+            progress(len(texts))
     return out
 
 

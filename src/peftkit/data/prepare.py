@@ -25,10 +25,12 @@ import hashlib
 import json
 import random
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from peftkit.catalog.datasets import BUILTIN_DATASETS, get_dataset
 from peftkit.data import clean
@@ -41,6 +43,7 @@ from peftkit.recipe import DataSpec
 SPLITS = ("train", "val", "test")
 MAX_LISTED_PROBLEMS = 20
 MIX_TASKS = ("chat", "extraction")
+PROGRESS_ROWS = 5000  # show progress bars from this many rows
 
 
 @dataclass
@@ -85,7 +88,7 @@ def prepare_data(spec: DataSpec, data_dir: Path, tokenizer=None, model_source: s
     mix = _mix(splits, spec, loaded.task) if spec.mix else None
     if tokenizer is not None:
         _special_tokens(splits, spec, tokenizer, rejects)
-        lengths = _lengths(splits, spec, loaded, tokenizer, rejects, data_dir)
+        lengths = _lengths(splits, spec, loaded, tokenizer, rejects, data_dir, console)
     labels = _check_labels(splits, spec, loaded.task, rejects)
     if not splits["train"]:
         raise DataError(f"{_name(spec)}: no training examples left ({_reasons(rejects)})")
@@ -314,21 +317,11 @@ def _carve(rows: list[Row], val: float, test: float, seed: int, task: str) -> di
 def _dedup(rows: list[Row], spec: DataSpec, rejects: list[dict], console: Console,
            sketches: dict) -> tuple[list[Row], dict]:
     """Exact, then near duplicates among the rows train (and carved val/test) come from; first one kept."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     keys = [clean.dedup_key(text_fields(r.record)) for r in rows]
     exact = clean.find_exact(keys) if spec.dedup.exact else {}
     near = {}
     if spec.dedup.near and rows:
-        columns = (TextColumn("near duplicates"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                   TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=True, disable=len(rows) < 5000) as progress:
-            task = progress.add_task("minhash", total=len(rows) - len(exact), rate="")
-
-            def advance(n: int) -> None:
-                speed = progress.tasks[task].speed
-                progress.update(task, advance=n, rate=f"{speed:,.0f} rows/s" if speed else "")
-
+        with _progress(console, "near duplicates", len(rows) - len(exact)) as advance:
             near = clean.find_near(keys, spec.dedup, skip=set(exact), progress=advance, cache=sketches)
     for i in sorted(set(exact) | set(near)):
         if i in exact:
@@ -359,6 +352,21 @@ def _leakage(splits: dict[str, list[Row]], spec: DataSpec, rejects: list[dict], 
     return {s: counts.get(s, 0) for s in ("val", "test")}
 
 
+@contextmanager
+def _progress(console: Console, label: str, total: int):
+    """A transient rich progress bar with rate and ETA for work over PROGRESS_ROWS rows; yields advance(n)."""
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=total < PROGRESS_ROWS) as progress:
+        task = progress.add_task(label, total=total, rate="")
+
+        def advance(n: int) -> None:
+            speed = progress.tasks[task].speed
+            progress.update(task, advance=n, rate=f"{speed:,.0f} rows/s" if speed else "")
+
+        yield advance
+
+
 def _label_note(a: Row, b: Row) -> str:
     la, lb = a.record.get("label"), b.record.get("label")
     return f" (labels differ: {la!r} vs {lb!r})" if la is not None and la != lb else ""
@@ -367,13 +375,15 @@ def _label_note(a: Row, b: Row) -> str:
 # ---------------------------------------------------------------- 4. lengths, 5. mix and template
 
 
-def _lengths(splits, spec: DataSpec, loaded: _Loaded, tokenizer, rejects: list[dict], data_dir: Path) -> dict:
+def _lengths(splits, spec: DataSpec, loaded: _Loaded, tokenizer, rejects: list[dict], data_dir: Path,
+             console: Console) -> dict:
     from peftkit.data.lengths import length_stats, save_histogram, token_lengths
 
     per_split, over_total, truncated_at = {}, 0, []
     stats = {}
     for name, rows in splits.items():
-        lengths = token_lengths([r.record for r in rows], loaded.task, tokenizer, loaded.instruction)
+        with _progress(console, f"token lengths ({name})", len(rows)) as advance:
+            lengths = token_lengths([r.record for r in rows], loaded.task, tokenizer, loaded.instruction, progress=advance)
         over = [i for i, n in enumerate(lengths) if n > spec.max_length]
         over_total += len(over)
         if spec.truncation == "drop":
