@@ -182,7 +182,7 @@ def _pyplot():
 
 def loss_curves_png(runs: list[dict]) -> str | None:
     """Train (solid) and validation (dashed, dots) loss against step, one colour per run."""
-    if not any(r["metrics"]["train"].get("loss_history") for r in runs):
+    if not any(r["metrics"]["train"].get("loss_history") or r["metrics"]["train"].get("val_history") for r in runs):
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -202,7 +202,6 @@ def loss_curves_png(runs: list[dict]) -> str | None:
             ax.axvline(best, color=colour, alpha=0.4, linestyle=":", label=f"{label} best (kept)".strip())
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("loss curves")
