@@ -83,3 +83,18 @@ def test_user_general_file_kinds_and_errors(tmp_path):
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}) + "\n")
     with pytest.raises(DataError, match="mixes text and chat"):
         read_general_file(mixed, limit=10)
+
+
+def test_a_threshold_without_a_set_and_metrics_the_task_cannot_have_are_errors():
+    from peftkit.errors import RecipeError
+    from peftkit.evaluate.forgetting import require_sets_for_thresholds
+    from peftkit.evaluate.run import task_metrics
+
+    chat_only = general_suite(GeneralSuiteSpec(bbc_news=0, chatterbot=2), run_rows=[])
+    require_sets_for_thresholds(chat_only, GeneralSuiteSpec(), MaxForgettingSpec(chat_loss_increase=0.1))
+    with pytest.raises(RecipeError, match=r"eval.max_forgetting.general_ppl_increase: no general text set"):
+        require_sets_for_thresholds(chat_only, GeneralSuiteSpec(), MaxForgettingSpec(general_ppl_increase=0.1))
+    assert task_metrics(None, "chat") == ["perplexity", "generation"]
+    assert task_metrics(["generation", "extraction"], "extraction") == ["generation", "extraction"]
+    with pytest.raises(RecipeError, match=r"eval.metrics: \['extraction'\] cannot score a chat task"):
+        task_metrics(["extraction"], "chat")

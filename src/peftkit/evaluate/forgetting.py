@@ -237,6 +237,22 @@ def check_gate(deltas: dict[str, dict], kinds: dict[str, str], spec: MaxForgetti
     return checks
 
 
+THRESHOLD_KINDS = {"general_ppl_increase": "text", "chat_loss_increase": "chat", "chat_accuracy_drop": "chat",
+                   "lm_eval_drop": "lm_eval"}
+
+
+def require_sets_for_thresholds(sets: list[GeneralSet], suite: GeneralSuiteSpec, spec: MaxForgettingSpec) -> None:
+    """A threshold with no set to apply to would pass silently: make it an error instead."""
+    kinds = {s.kind for s in sets} | ({"lm_eval"} if suite.lm_eval_tasks else set())
+    for name in thresholds_set(spec):
+        kind = THRESHOLD_KINDS[name]
+        if kind not in kinds:
+            where = {"text": "eval.general.bbc_news > 0 or a {\"text\"} file in eval.general.files",
+                     "chat": "eval.general.chatterbot > 0 or a {\"messages\"} file in eval.general.files",
+                     "lm_eval": "eval.general.lm_eval_tasks"}[kind]
+            raise RecipeError(f"eval.max_forgetting.{name}: no general {kind} set to apply it to; needs {where}")
+
+
 def thresholds_set(spec: MaxForgettingSpec) -> list[str]:
     return [k for k, v in spec.model_dump().items() if v is not None]
 

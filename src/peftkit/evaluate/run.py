@@ -122,7 +122,7 @@ def task_metrics(chosen: list[str] | None, task: str) -> list[str]:
 
 def _general_sets(recipe, prepared) -> list:
     """The general suite of a run (empty when disabled); classification encoders have no LM head to score it."""
-    from peftkit.evaluate.forgetting import general_suite, thresholds_set
+    from peftkit.evaluate.forgetting import general_suite, require_sets_for_thresholds, thresholds_set
 
     spec = recipe.eval.general
     if prepared.task == "classification":
@@ -137,7 +137,9 @@ def _general_sets(recipe, prepared) -> list:
                               "enable the suite or clear the thresholds")
         return []
     run_rows = [r for split in ("train", "val", "test") for r in read_split(prepared.data_dir, split)]
-    return general_suite(spec, run_rows)
+    sets = general_suite(spec, run_rows)
+    require_sets_for_thresholds(sets, spec, recipe.eval.max_forgetting)
+    return sets
 
 
 def _progress(console: Console) -> Progress:
