@@ -30,7 +30,8 @@ def test_recipe_trains_evaluates_and_merges(recipe, request, runs_dir):
     fixture, extra = CASES[recipe]
     model_dir = request.getfixturevalue(fixture)
     sets = [f"model.name={model_dir}", "train.max_steps=2", "train.eval_every=1", "eval.max_examples=4",
-            f"output.runs_dir={runs_dir}", "output.run_id=r", *extra]
+            f"output.runs_dir={runs_dir}", "output.run_id=r", "eval.general.bbc_news=4", "eval.general.chatterbot=4",
+            *extra]
     invoke("train", recipe, *[a for s in sets for a in ("--set", s)])
     run = runs_dir / "r"
     for name in ("recipe.yaml", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
