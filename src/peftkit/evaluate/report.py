@@ -312,7 +312,8 @@ def _prediction_rows(run: dict) -> list[dict]:
         else:
             prompt = p.get("input") or p.get("text", "")
             reference = p.get("output") or p.get("label", "")
-        rows.append({"prompt": prompt[:1500], "reference": reference, "base": p["base"], "tuned": p["tuned"],
+        prompt = prompt if len(prompt) <= 700 else prompt[:700] + " …"
+        rows.append({"prompt": prompt, "reference": reference, "base": p["base"], "tuned": p["tuned"],
                      "base_ok": p["base"].strip() == str(reference).strip(),
                      "tuned_ok": p["tuned"].strip() == str(reference).strip()})
     return rows

@@ -88,7 +88,7 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
         "base": base_out["scores"],
         "tuned": tuned_out["scores"],
         "forgetting": section,
-        "eval": {"split": "test", "examples": len(rows), "metrics": families,
+        "eval": {"split": "test", "examples": len(rows), "metrics": families, "overrides": list(overrides or []),
                  "seconds": time.perf_counter() - started, **peak_memory()},
     }
     update_metrics(run_dir, **results)
