@@ -7,6 +7,8 @@
     peftkit inspect attention RUN --text "..."   attention entropy per layer/head, base vs tuned
     peftkit merge RUN                  merged safetensors + parity check
     peftkit recipe show RECIPE         the resolved recipe, every default filled in
+    peftkit data inspect FILE          format, counts, problems, duplicates, token lengths (+ PNG)
+    peftkit data prepare RECIPE        validated, cleaned, deduplicated, split data in runs/<id>/data
     peftkit models | datasets | runs   what is built in, what has run
 
 A user mistake (PeftkitError) prints one red line and exits with status 1; anything else is a bug
@@ -34,6 +36,8 @@ recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 inspect_app = typer.Typer(help="Look inside a tuned model.", no_args_is_help=True)
 app.add_typer(inspect_app, name="inspect")
+data_app = typer.Typer(help="Inspect and prepare data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 console = Console()
 err = Console(stderr=True)
 
@@ -198,6 +202,79 @@ def recipe_list():
         r = load_recipe(name)
         table.add_row(name, r.model.name, r.data.dataset, r.description)
     console.print(table)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    file: Annotated[Path, typer.Argument(help="A data file (.jsonl, .jsonl.gz, .json, .csv, .tsv, .parquet) or a `datasets` folder.")],
+    column: Annotated[Optional[list[str]], typer.Option("--column", "-c", help="Map a field to your column: -c text=review (repeatable).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto | instruction | chat | completion | preference | classification | extraction")] = "auto",
+    task: Annotated[Optional[str], typer.Option(help="The task the data is for (default: implied by the format).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Tokenizer for lengths (default: the built-in model for the task).")] = None,
+    max_length: Annotated[int, typer.Option(help="Count rows longer than this many tokens.")] = 512,
+    histogram: Annotated[Optional[Path], typer.Option(help="Where to save the length histogram PNG.")] = None,
+):
+    """What is in a data file: format, counts, problems, duplicates, token lengths; saves a histogram PNG."""
+    from peftkit.data.inspect import inspect_file
+    from peftkit.errors import RecipeError
+
+    _quiet_libraries()
+    columns = {}
+    for item in column or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise RecipeError(f"--column {item!r}: expected FIELD=COLUMN, e.g. text=review")
+        columns[key.strip()] = value.strip()
+    r = inspect_file(file, columns, fmt, task, model, max_length, histogram)
+    table = _table("property", "value")
+    table.add_row("file", f"{r.path} ({r.kind}, sha256 {r.sha256[:12]}…)")
+    table.add_row("format", r.explanation)
+    table.add_row("task", r.task)
+    table.add_row("rows", f"{r.rows:,} read, {r.valid:,} valid, {r.rows - r.valid:,} with problems ({len(r.problems)} problems)")
+    table.add_row("duplicates", f"{r.exact_duplicates:,} exact, {r.near_duplicates:,} near (among valid rows)")
+    if r.labels is not None:
+        table.add_row("labels", ", ".join(f"{k} {v}" for k, v in r.labels.items()))
+    if r.lengths:
+        s = r.lengths
+        table.add_row(f"tokens ({r.tokenizer})", f"min {s['min']}, mean {s['mean']}, p50 {s['p50']}, p95 {s['p95']}, max {s['max']}; "
+                      f"{s['over_max']} over max_length {r.max_length}")
+        table.add_row("histogram", str(r.histogram))
+    console.print(table)
+    for where, problem in r.problems[:20]:
+        console.print(f"[red]{escape(where)}[/red]: {escape(problem)}", highlight=False)
+    if len(r.problems) > 20:
+        console.print(f"… and {len(r.problems) - 20} more problems")
+
+
+@data_app.command("prepare")
+def data_prepare(recipe: Annotated[str, typer.Argument(help="Recipe YAML path or shipped recipe name.")], set_: SetOption = None):
+    """Validate, clean, deduplicate and split a recipe's data into runs/<id>/data (what `train` does first)."""
+    from peftkit.data.inspect import prepare_recipe
+
+    _quiet_libraries()
+    run_dir, prepared = prepare_recipe(recipe, set_ or [], console=err)
+    m = prepared.manifest
+    table = _table("split", "rows", "fixed", "tokens p50 / p95 / max", "over max_length", "sha256")
+    for name, split in m["splits"].items():
+        st = (m.get("lengths") or {}).get("splits", {}).get(name, {})
+        tokens = f"{st['p50']} / {st['p95']} / {st['max']}" if st.get("rows") else "–"
+        table.add_row(name, str(split["count"]), "yes" if split["fixed"] else "no", tokens,
+                      str(st.get("over_max", "–")), split["sha256"][:12] + "…")
+    console.print(table)
+    c = m["cleaning"]
+    console.print(f"format: {m['format']}")
+    console.print(f"removed before splitting: {c['exact_duplicates']} exact and {c['near_duplicates']} near duplicates; from train: "
+                  f"{sum(c['leakage'].values())} leaking into val/test ({c['leakage']['val']} val, {c['leakage']['test']} test)")
+    if m.get("mix"):
+        console.print(f"mixed in: {m['mix']['rows']} rows of {m['mix']['dataset']} ({m['mix']['fraction']:.0%} of train)")
+    reasons = ", ".join(f"{k} {v}" for k, v in m["rejects"]["by_reason"].items()) or "none"
+    console.print(f"rejects: {m['rejects']['count']} ({reasons}) in {prepared.data_dir / 'rejects.jsonl'}")
+    for name, ex in ((m.get("template") or {}).get("examples") or {}).items():
+        console.rule(f"template check: {name} example {ex['where']} (loss on ⟦…⟧)")
+        console.print(ex["rendered"], markup=False, highlight=False)
+    if m.get("lengths"):
+        console.print(f"histogram: {prepared.data_dir / m['lengths']['histogram']}")
+    console.print(f"data: {prepared.data_dir}")
 
 
 @app.command()

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from peftkit.errors import RecipeError
 
-TaskKind = Literal["extraction", "chat", "classification"]
+TaskKind = Literal["extraction", "chat", "classification", "completion", "preference"]
+RecordFormat = Literal["auto", "instruction", "chat", "completion", "preference", "classification", "extraction"]
 
 
 class Spec(BaseModel):
@@ -42,10 +43,43 @@ class SplitSpec(Spec):
     seed: int = Field(0, description="Seed of the shuffle before splitting.")
 
 
+class DedupSpec(Spec):
+    exact: bool = Field(True, description="Drop training rows whose normalised text repeats an earlier row.")
+    near: bool = Field(True, description="Drop training rows that are near duplicates (MinHash LSH, datasketch).")
+    threshold: float = Field(
+        0.7, gt=0.0, le=1.0,
+        description="Estimated Jaccard similarity of word shingles that counts as near (0.7 with 3-word shingles: "
+        "a copy of a 60-word text with a few words edited; each edit changes up to 3 shingles).",
+    )
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations: more is more precise and slower.")
+    shingle: int = Field(3, ge=1, le=10, description="Words per shingle.")
+
+
+class MixSpec(Spec):
+    dataset: str = Field(description="Built-in chat dataset (e.g. chatterbot) or a chat data file, mixed into train.")
+    fraction: float = Field(gt=0.0, lt=1.0, description="Share of the final training split that comes from `dataset`.")
+
+
+class FilesSpec(Spec):
+    train: str = Field(description="Training file (any supported format).")
+    val: str | None = Field(None, description="Fixed validation file; default: carved from train with split.val.")
+    test: str | None = Field(None, description="Fixed test file; default: carved from train with split.test.")
+
+
 class DataSpec(Spec):
-    dataset: str = Field(description="Built-in name (`peftkit datasets`) or a path to a .jsonl file.")
+    dataset: str | None = Field(None, description="Built-in name (`peftkit datasets`) or a data file / `datasets` folder.")
+    files: FilesSpec | None = Field(None, description="Fixed user-given splits instead of `dataset`.")
     task: TaskKind | None = Field(
-        None, description="extraction | chat | classification. Default: the built-in dataset's task."
+        None,
+        description="extraction | chat | classification | completion | preference. "
+        "Default: the built-in dataset's task, or the one the file's record format implies.",
+    )
+    format: RecordFormat = Field("auto", description="Record format of user files; auto detects it and says why.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Map record fields to your columns, e.g. {text: review, label: sentiment}."
+    )
+    on_error: Literal["stop", "skip"] = Field(
+        "stop", description="stop: list every problem and stop. skip: write bad rows to rejects.jsonl and go on."
     )
     size: int | None = Field(
         None, gt=0, description="Examples to use before splitting (generated datasets: how many to generate)."
@@ -54,7 +88,18 @@ class DataSpec(Spec):
     instruction: str | None = Field(
         None, description="System prompt for extraction tasks. Default: the built-in dataset's instruction."
     )
-    max_length: int = Field(512, gt=8, description="Longest tokenized example; longer ones are truncated.")
+    max_length: int = Field(512, gt=8, description="Longest tokenized example; see `truncation` for longer ones.")
+    truncation: Literal["truncate", "drop"] = Field(
+        "truncate", description="Rows over max_length: truncate (counted, cut by the trainer) or drop (to rejects)."
+    )
+    dedup: DedupSpec = Field(default_factory=DedupSpec)
+    mix: MixSpec | None = Field(None, description="Replay general data against forgetting: {dataset, fraction}.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        if (self.dataset is None) == (self.files is None):
+            raise ValueError("give exactly one of data.dataset or data.files")
+        return self
 
 
 class LoraSpec(Spec):

@@ -26,7 +26,9 @@ def test_classification_split_is_stratified(tmp_path):
     prepared = prepare_data(DataSpec(dataset="bbc-news", split={"val": 0.1, "test": 0.1}), tmp_path)
     test = Counter(r["label"] for r in read_split(tmp_path, "test"))
     assert prepared.labels == ["business", "entertainment", "politics", "sports", "tech"]
-    assert test == {"business": 51, "entertainment": 39, "politics": 42, "sports": 51, "tech": 40}
+    # after 101 exact and 55 near duplicates of the 2,225 articles are removed before splitting
+    assert test == {"business": 50, "entertainment": 36, "politics": 39, "sports": 49, "tech": 32}
+    assert prepared.manifest["cleaning"]["exact_duplicates"] == 101
 
 
 def write_jsonl(path, rows):
@@ -83,12 +85,15 @@ def test_valid_user_file_loads_with_bom(tmp_path):
     assert set(read_split(tmp_path / "o", "train")[0]) == {"text", "label"}
 
 
-def test_user_file_needs_task_and_existing_path(tmp_path):
+def test_user_file_task_is_detected_and_path_must_exist(tmp_path):
     with pytest.raises(DataError, match="neither a built-in dataset"):
         prepare_data(DataSpec(dataset=str(tmp_path / "missing.jsonl")), tmp_path / "o")
-    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": "b"}])
-    with pytest.raises(DataError, match="data.task: required"):
-        prepare_data(DataSpec(dataset=str(path)), tmp_path / "o")
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": f"a {i}", "label": "b"} for i in range(5)])
+    prepared = prepare_data(DataSpec(dataset=str(path), split={"val": 0, "test": 0}), tmp_path / "o")
+    assert prepared.task == "classification"
+    assert prepared.manifest["format"].startswith("format classification: fields text, label in 100%")
+    with pytest.raises(DataError, match="data.task: .* holds classification records .* not chat"):
+        prepare_data(DataSpec(dataset=str(path), task="chat"), tmp_path / "o")
 
 
 def test_latin1_file_is_a_clear_error(tmp_path):

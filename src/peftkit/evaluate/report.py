@@ -309,6 +309,8 @@ def _prediction_rows(run: dict) -> list[dict]:
         if "messages" in p:
             prompt = "\n".join(f"{m['role']}: {m['content']}" for m in p["messages"][:-1])
             reference = p["messages"][-1]["content"]
+        elif "completion" in p:
+            prompt, reference = _as_text(p["prompt"]), _as_text(p["completion"])
         else:
             prompt = p.get("input") or p.get("text", "")
             reference = p.get("output") or p.get("label", "")
@@ -317,6 +319,10 @@ def _prediction_rows(run: dict) -> list[dict]:
                      "base_ok": p["base"].strip() == str(reference).strip(),
                      "tuned_ok": p["tuned"].strip() == str(reference).strip()})
     return rows
+
+
+def _as_text(value) -> str:
+    return value if isinstance(value, str) else "\n".join(f"{m['role']}: {m['content']}" for m in value)
 
 
 def _render_single(run: dict) -> str:

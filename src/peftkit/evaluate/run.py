@@ -32,9 +32,10 @@ from peftkit.recipe import EarlyStoppingSpec, load_recipe
 from peftkit.resources import peak_memory
 from peftkit.rundir import open_run, require, update_metrics
 
-DEFAULT_METRICS = {"extraction": ["extraction"], "chat": ["perplexity", "generation"], "classification": ["classification"]}
+DEFAULT_METRICS = {"extraction": ["extraction"], "chat": ["perplexity", "generation"],
+                   "completion": ["perplexity", "generation"], "classification": ["classification"]}
 ALLOWED_METRICS = {"extraction": {"extraction", "generation", "perplexity"}, "chat": {"generation", "perplexity"},
-                   "classification": {"classification"}}
+                   "completion": {"generation", "perplexity"}, "classification": {"classification"}}
 
 
 def evaluate(run_dir: str | Path, console: Console | None = None, overrides: list[str] | None = None,
@@ -111,6 +112,8 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
 
 def task_metrics(chosen: list[str] | None, task: str) -> list[str]:
     """The metric families to compute: the recipe's choice (checked against the task) or the task's default."""
+    if task not in DEFAULT_METRICS:
+        raise RecipeError(f"data.task: {task} runs cannot be evaluated base vs tuned (tasks: {', '.join(DEFAULT_METRICS)})")
     if chosen is None:
         return DEFAULT_METRICS[task]
     wrong = [m for m in chosen if m not in ALLOWED_METRICS[task]]
@@ -162,7 +165,7 @@ def _score(model, tokenizer, rows, prepared, recipe, families, progress, label) 
     if "extraction" in families or "generation" in families:
         answers = generate_answers(model, tokenizer, [p["prompt"] for p in pairs], recipe.eval.batch_size,
                                    recipe.eval.max_new_tokens, progress, label)
-        references = [p["completion"][0]["content"] for p in pairs]
+        references = [p["completion"] if isinstance(p["completion"], str) else p["completion"][0]["content"] for p in pairs]
         out["answers"] = answers
         if "extraction" in families:
             scores.update(extraction_scores(answers, references))

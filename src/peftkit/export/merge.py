@@ -86,5 +86,8 @@ def parity_texts(tokenizer, prepared, n: int) -> list[str]:
     texts = []
     for r in rows:
         pc = to_prompt_completion(r, prepared.task, prepared.instruction)
+        if isinstance(pc["prompt"], str):  # completion task: plain text, no chat template
+            texts.append(pc["prompt"] + pc["completion"])
+            continue
         texts.append(tokenizer.apply_chat_template(pc["prompt"] + pc["completion"], tokenize=False))
     return texts

@@ -51,15 +51,18 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     console.print(f"run directory: [bold]{run_dir}[/bold]")
     started = time.perf_counter()
 
-    prepared = prepare_data(recipe.data, run_dir / "data")
-    console.print(f"data: {prepared.task}, " + ", ".join(f"{k} {v}" for k, v in prepared.counts.items()))
+    from peftkit.catalog.models import resolve_model
+    from peftkit.data.prepare import summary_line
+
+    tokenizer = load_tokenizer(recipe.model)  # lengths and the template check use the model's own tokenizer
+    prepared = prepare_data(recipe.data, run_dir / "data", tokenizer=tokenizer, model_source=resolve_model(recipe.model.name))
+    console.print(summary_line(prepared))
     task = model_task(prepared.task)
     builtin = BUILTIN_MODELS.get(recipe.model.name)
     if builtin is not None and builtin.task != task:
         raise RecipeError(f"model.name: '{builtin.name}' is a {builtin.task} model; a {prepared.task} task needs a {task} model")
 
     t_load = time.perf_counter()
-    tokenizer = load_tokenizer(recipe.model)
     base = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed)
     load_seconds = time.perf_counter() - t_load
     base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())  # before LoRA layers are added

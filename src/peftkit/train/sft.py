@@ -11,6 +11,7 @@ from pathlib import Path
 
 from peftkit.data.prepare import PreparedData, read_split
 from peftkit.data.records import to_prompt_completion
+from peftkit.errors import DataError
 from peftkit.recipe import Recipe
 from peftkit.train.common import trainer_kwargs
 
@@ -18,6 +19,10 @@ from peftkit.train.common import trainer_kwargs
 def build_sft_trainer(model, tokenizer, recipe: Recipe, prepared: PreparedData, run_dir: Path, callbacks: list):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+
+    if prepared.task == "preference":
+        raise DataError("data.task: preference pairs are prepared and stored for DPO, which `peftkit train` "
+                        "does not run yet; use `peftkit data prepare` to check and split them")
 
     def as_dataset(split: str):
         rows = [to_prompt_completion(r, prepared.task, prepared.instruction) for r in read_split(prepared.data_dir, split)]
