@@ -15,6 +15,7 @@ runner = CliRunner()
 CASES = {
     "quickstart": ("tiny_llama_dir", ["data.size=24", "eval.max_new_tokens=8"]),
     "chatterbot-sft": ("tiny_llama_dir", ["data.size=30"]),
+    "quickstart-replay": ("tiny_llama_dir", ["data.size=24", "eval.max_new_tokens=8"]),
     "bbc-news-lora": ("tiny_bert_dir", ["data.size=60"]),
 }
 
@@ -46,7 +47,7 @@ def test_recipe_trains_evaluates_and_merges(recipe, request, runs_dir):
     assert set(metrics) >= {"train", "base", "tuned", "eval"}
     test_count = json.loads((run / "data" / "manifest.json").read_text())["splits"]["test"]["count"]
     assert metrics["eval"]["examples"] == min(4, test_count) > 0  # eval.max_examples caps the test split
-    headline = {"quickstart": "field_accuracy", "chatterbot-sft": "loss", "bbc-news-lora": "accuracy"}[recipe]
+    headline = {"quickstart": "field_accuracy", "quickstart-replay": "field_accuracy", "chatterbot-sft": "loss", "bbc-news-lora": "accuracy"}[recipe]
     assert headline in metrics["tuned"] and headline in out
 
     invoke("merge", str(run))
