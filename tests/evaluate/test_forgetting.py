@@ -98,3 +98,15 @@ def test_a_threshold_without_a_set_and_metrics_the_task_cannot_have_are_errors()
     assert task_metrics(["generation", "extraction"], "extraction") == ["generation", "extraction"]
     with pytest.raises(RecipeError, match=r"eval.metrics: \['extraction'\] cannot score a chat task"):
         task_metrics(["extraction"], "chat")
+
+
+def test_lm_eval_tasks_without_lm_eval_installed_is_a_clear_error():
+    import importlib.util
+
+    from peftkit.errors import RecipeError
+    from peftkit.evaluate.forgetting import lm_eval_scores
+
+    if importlib.util.find_spec("lm_eval") is not None:
+        pytest.skip("lm-eval-harness is installed here")
+    with pytest.raises(RecipeError, match=r"eval.general.lm_eval_tasks: lm-eval-harness is not installed"):
+        lm_eval_scores(None, None, GeneralSuiteSpec(lm_eval_tasks=["hellaswag"]), batch_size=4)
