@@ -63,10 +63,13 @@ class GateCheck:
         self.passed = worse <= self.allowed + 1e-12
 
     def describe(self) -> str:
-        change = f"{self.delta:+.1%}" if not self.metric.endswith("accuracy") else f"{self.delta * 100:+.1f} points"
+        relative = self.threshold_field in ("general_ppl_increase", "chat_loss_increase")
+        change = f"{self.delta:+.1%}" if relative else f"{self.delta * 100:+.1f} points"
+        allowed = f"+{self.allowed:.1%}" if relative else f"-{self.allowed * 100:.1f} points"
         verdict = "within" if self.passed else "over"
         return (f"eval.max_forgetting.{self.threshold_field}: {self.set} {self.metric} changed {change} "
-                f"(base {self.base:.4g} → tuned {self.tuned:.4g}), {verdict} the allowed {self.allowed:g}")
+                f"(base {self.base:.4g} → tuned {self.tuned:.4g}), {verdict} the allowed {allowed} "
+                f"({self.threshold_field}: {self.allowed:g})")
 
 
 # ------------------------------------------------------------------------------------------- the suite
