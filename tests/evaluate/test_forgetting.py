@@ -64,9 +64,14 @@ def test_general_suite_leaves_out_the_runs_own_chats():
     sample = general_suite(GeneralSuiteSpec(bbc_news=3, chatterbot=20), run_rows=[])
     assert [s.name for s in sample] == ["bbc-news", "chatterbot"] and len(sample[0].records) == 3
     trained_on = [c for c in chats if c in sample[1].records]
+    trained_on = trained_on[:5]  # a run that trained on 5 of the 20 general chats
     again = general_suite(GeneralSuiteSpec(bbc_news=0, chatterbot=20), run_rows=trained_on)
     firsts = {c["messages"][0]["content"].lower() for c in trained_on}
+    assert len(again[0].records) == 20
     assert not any(r["messages"][0]["content"].lower() in firsts for r in again[0].records)
+    # only what the run saw is replaced: the rest of the sample is the same as for a run that saw nothing
+    unseen = [r for r in sample[1].records if r["messages"][0]["content"].lower() not in firsts]
+    assert unseen and all(r in again[0].records for r in unseen)
 
 
 def test_user_general_file_kinds_and_errors(tmp_path):
