@@ -15,6 +15,7 @@ runner = CliRunner()
 CASES = {
     "quickstart": ("tiny_llama_dir", ["data.size=24", "eval.max_new_tokens=8"]),
     "chatterbot-sft": ("tiny_llama_dir", ["data.size=30"]),
+    "quickstart-replay": ("tiny_llama_dir", ["data.size=24", "eval.max_new_tokens=8"]),
     "bbc-news-lora": ("tiny_bert_dir", ["data.size=60"]),
 }
 
@@ -30,7 +31,8 @@ def test_recipe_trains_evaluates_and_merges(recipe, request, runs_dir):
     fixture, extra = CASES[recipe]
     model_dir = request.getfixturevalue(fixture)
     sets = [f"model.name={model_dir}", "train.max_steps=2", "train.eval_every=1", "eval.max_examples=4",
-            f"output.runs_dir={runs_dir}", "output.run_id=r", *extra]
+            f"output.runs_dir={runs_dir}", "output.run_id=r", "eval.general.bbc_news=4", "eval.general.chatterbot=4",
+            *extra]
     invoke("train", recipe, *[a for s in sets for a in ("--set", s)])
     run = runs_dir / "r"
     for name in ("recipe.yaml", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
@@ -45,7 +47,7 @@ def test_recipe_trains_evaluates_and_merges(recipe, request, runs_dir):
     assert set(metrics) >= {"train", "base", "tuned", "eval"}
     test_count = json.loads((run / "data" / "manifest.json").read_text())["splits"]["test"]["count"]
     assert metrics["eval"]["examples"] == min(4, test_count) > 0  # eval.max_examples caps the test split
-    headline = {"quickstart": "field_accuracy", "chatterbot-sft": "loss", "bbc-news-lora": "accuracy"}[recipe]
+    headline = {"quickstart": "field_accuracy", "quickstart-replay": "field_accuracy", "chatterbot-sft": "loss", "bbc-news-lora": "accuracy"}[recipe]
     assert headline in metrics["tuned"] and headline in out
 
     invoke("merge", str(run))

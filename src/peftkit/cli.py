@@ -2,7 +2,9 @@
 
     peftkit quickstart                 train + eval + merge recipes/quickstart.yaml, one table
     peftkit train RECIPE [--set k=v]   new run directory with an adapter
-    peftkit eval RUN                   base vs tuned on the test split
+    peftkit eval RUN                   base vs tuned on the test split + forgetting gate + report.html
+    peftkit report RUN [RUN2 ...]      rebuild RUN/report.html, or one page comparing runs
+    peftkit inspect attention RUN --text "..."   attention entropy per layer/head, base vs tuned
     peftkit merge RUN                  merged safetensors + parity check
     peftkit recipe show RECIPE         the resolved recipe, every default filled in
     peftkit data inspect FILE          format, counts, problems, duplicates, token lengths (+ PNG)
@@ -32,6 +34,8 @@ app = typer.Typer(help="Parameter-efficient fine-tuning that proves it helped.",
                   pretty_exceptions_enable=False, add_completion=False)
 recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
+inspect_app = typer.Typer(help="Look inside a tuned model.", no_args_is_help=True)
+app.add_typer(inspect_app, name="inspect")
 data_app = typer.Typer(help="Inspect and prepare data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console()
@@ -69,13 +73,96 @@ def train(recipe: Annotated[str, typer.Argument(help="Recipe YAML path or shippe
 
 
 @app.command("eval")
-def eval_(run: RunArg):
-    """Score base and tuned models on the run's test split; results go to RUN/metrics.json."""
+def eval_(run: RunArg, set_: SetOption = None):
+    """Score base and tuned on the test split and the general suite; write RUN/metrics.json and
+    RUN/report.html. Exits 1 naming the threshold when the forgetting gate (eval.max_forgetting) fails."""
+    from peftkit.errors import ForgettingGateError
     from peftkit.evaluate.run import evaluate
 
     _quiet_libraries()
-    results = evaluate(run, console=err)
+    try:
+        results = evaluate(run, console=err, overrides=set_ or [])
+    except ForgettingGateError as exc:
+        if getattr(exc, "results", None):
+            _print_eval(exc.results)
+        raise
+    _print_eval(results)
+
+
+def _print_eval(results: dict) -> None:
     console.print(_base_vs_tuned_table(results["base"], results["tuned"]))
+    forgetting = results.get("forgetting", {})
+    if forgetting.get("deltas"):
+        console.print(_forgetting_table(forgetting))
+    if "report" in results:
+        console.print(f"report: {results['report']}")
+
+
+def _forgetting_table(forgetting: dict) -> Table:
+    table = Table("general set", "metric", "base", "tuned", "change", "gate", title="forgetting", title_justify="left")
+    verdicts = {(c["set"], c["metric"].removeprefix("lm_eval ")): c["passed"] for c in forgetting.get("checks", [])}
+    for name, metrics in forgetting["deltas"].items():
+        for metric, d in metrics.items():
+            change = f"{d['delta']:+.2%}" if d["relative"] else f"{d['delta'] * 100:+.2f} pts"
+            passed = verdicts.get((name, metric))
+            gate = "–" if passed is None else "[green]pass[/green]" if passed else "[red]FAIL[/red]"
+            table.add_row(name, metric, _fmt(d["base"]), _fmt(d["tuned"]), change, gate)
+    return table
+
+
+@app.command()
+def report(
+    runs_: Annotated[list[Path], typer.Argument(metavar="RUN...", help="One run (its report.html) or several (one comparison page).")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the page (default: RUN/report.html, or <runs>/compare-….html).")] = None,
+):
+    """Rebuild RUN/report.html from the run directory, or compare several runs in one page."""
+    from peftkit.evaluate.report import build_report
+    from peftkit.resources import human_bytes
+
+    result = build_report(runs_, out)
+    console.print(f"report: {result.path} ({human_bytes(result.bytes)}, built in {result.seconds:.2f}s)")
+
+
+@inspect_app.command("attention")
+def inspect_attention(
+    run: RunArg,
+    text: Annotated[str, typer.Option(help="The text to run through base and tuned.")],
+    layers: Annotated[Optional[str], typer.Option(help="Layers to draw as heatmaps, e.g. 0,5 (default: the heads that changed most).")] = None,
+    heads: Annotated[Optional[str], typer.Option(help="Heads to draw in those layers, e.g. 0,3 (default: all).")] = None,
+    top: Annotated[int, typer.Option(help="How many most-changed heads to list.")] = 5,
+):
+    """Attention entropy per layer and head for base and tuned: heatmaps, collapsed/diffuse heads,
+    the heads that changed most. Writes RUN/attention/ and adds it to RUN/report.html."""
+    from peftkit.evaluate.attention import inspect_attention as run_inspect
+    from peftkit.evaluate.report import build_report
+
+    _quiet_libraries()
+    result = run_inspect(run, text, _int_list(layers, "--layers"), _int_list(heads, "--heads"), top)
+    s = result.summary
+    table = Table("layer", "head", "base H", "tuned H", "change", title="heads whose entropy changed most (nats)",
+                  title_justify="left")
+    for h in s["most_changed"]:
+        table.add_row(str(h["layer"]), str(h["head"]), f"{h['base']:.4f}", f"{h['tuned']:.4f}", f"{h['change']:+.4f}")
+    console.print(table)
+    for side in ("base", "tuned"):
+        console.print(f"{side}: {len(s[side]['collapsed'])} collapsed heads, {len(s[side]['diffuse'])} diffuse heads "
+                      f"(of {s['layers'] * s['heads']})")
+    console.print(f"images: {result.out_dir}")
+    if "train" in _read_json(Path(run) / "metrics.json"):
+        console.print(f"report: {build_report([run]).path}")
+
+
+def _int_list(value: str | None, option: str) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise PeftkitError(f"{option}: expected comma-separated integers such as 0,3; got {value!r}") from None
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 @app.command()

@@ -28,3 +28,7 @@ class RunDirError(PeftkitError):
 
 class ParityError(PeftkitError):
     """A merged model's outputs differ from the adapter model's beyond the tolerance."""
+
+
+class ForgettingGateError(PeftkitError):
+    """The tuned model lost more general ability than `eval.max_forgetting` allows."""

@@ -34,6 +34,12 @@ class QuickstartSummary:
             table.add_row(label, f"{base[key]:.1%}", f"{tuned[key]:.1%}")
         for field, value in tuned["per_field"].items():
             table.add_row(f"  {field}", f"{base['per_field'][field]:.1%}", f"{value:.1%}")
+        for name, metrics in m.get("forgetting", {}).get("deltas", {}).items():
+            for metric in ("perplexity", "token_accuracy"):
+                if metric in metrics and (metric != "perplexity" or "token_accuracy" not in metrics):
+                    d = metrics[metric]
+                    change = f"{d['delta']:+.1%}" if d["relative"] else f"{d['delta'] * 100:+.1f} pts"
+                    table.add_row(f"general {name} {metric} (forgetting)", f"{d['base']:.3f}", f"{d['tuned']:.3f} ({change})")
         table.add_section()
         table.add_row("trainable parameters", "", f"{train['trainable_params']:,} ({train['trainable_percent']:.2f}%)")
         table.add_row("adapter / model on disk", "",
@@ -45,6 +51,8 @@ class QuickstartSummary:
             table.add_row("merge parity (max |Δlogit|)", "", f"{merge['max_abs_diff']:.1e} ≤ {merge['atol']:g}")
         table.add_row("wall time", "", f"{self.wall_seconds / 60:.1f} min")
         table.add_row("peak memory (RSS)", "", human_bytes(self.peak_rss_bytes))
+        if (self.run_dir / "report.html").is_file():
+            table.add_row("report", "", str(self.run_dir / "report.html"))
         return table
 
 

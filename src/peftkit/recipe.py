@@ -122,6 +122,21 @@ class LoraSpec(Spec):
         return v
 
 
+class EarlyStoppingSpec(Spec):
+    """Stop when validation loss stops improving; the best checkpoint (lowest val loss) is the adapter kept."""
+
+    patience: int | None = Field(
+        None, gt=0, description="Validation rounds without improvement before stopping; null = off. Needs train.eval_every > 0."
+    )
+    min_delta: float = Field(0.0, ge=0.0, description="A val-loss drop smaller than this does not count as an improvement.")
+    general_loss_increase: float | None = Field(
+        None, gt=0,
+        description="Also stop when loss on held-out general text (bbc-news) rises by more than this share over the "
+                    "base model's (0.1 = 10%); checked at every validation round. Causal LMs only.",
+    )
+    general_examples: int = Field(16, gt=0, description="General-text articles scored at each check.")
+
+
 class TrainSpec(Spec):
     epochs: float = Field(1.0, gt=0, description="Passes over the training split (ignored when max_steps > 0).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 means use epochs.")
@@ -135,12 +150,60 @@ class TrainSpec(Spec):
     log_every: int = Field(5, gt=0, description="Log the training loss every N steps.")
     seed: int = 42
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's choice.")
+    early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+
+
+MetricFamily = Literal["extraction", "classification", "generation", "perplexity"]
+
+
+class GeneralSuiteSpec(Spec):
+    """The general-ability suite scored on base and tuned: what the adapter must not have broken."""
+
+    enabled: bool = Field(True, description="Score the suite in `peftkit eval` (causal LMs only).")
+    bbc_news: int = Field(32, ge=0, description="Held-out bbc-news articles for perplexity on general text (0 = off).")
+    chatterbot: int = Field(32, ge=0, description="Held-out chatterbot conversations for loss/accuracy on general chat (0 = off).")
+    files: list[str] = Field(
+        default_factory=list,
+        description="Your own general sets: .jsonl files of {\"text\": ...} (perplexity) or {\"messages\": [...]} (chat loss).",
+    )
+    max_examples_per_file: int = Field(64, gt=0, description="Records scored from each file (the first N).")
+    max_length: int = Field(256, gt=8, description="Tokens per general example; longer ones are truncated.")
+    lm_eval_tasks: list[str] = Field(
+        default_factory=list, description="lm-eval-harness tasks (needs `pip install lm-eval` and its datasets)."
+    )
+    lm_eval_limit: int | None = Field(100, gt=0, description="Examples per lm-eval task.")
+    seed: int = Field(0, description="Seed of the sample drawn from each built-in set.")
+
+
+class MaxForgettingSpec(Spec):
+    """Gate thresholds: `peftkit eval` fails (exit 1) when the tuned model lost more than this."""
+
+    general_ppl_increase: float | None = Field(
+        None, ge=0, description="Largest allowed relative perplexity increase on general text (0.10 = +10%)."
+    )
+    chat_loss_increase: float | None = Field(
+        None, ge=0, description="Largest allowed relative loss increase on general chat (0.05 = +5%)."
+    )
+    chat_accuracy_drop: float | None = Field(
+        None, ge=0, description="Largest allowed drop in next-token accuracy on general chat (0.02 = 2 points)."
+    )
+    lm_eval_drop: float | None = Field(
+        None, ge=0, description="Largest allowed drop in any lm-eval-harness task score (absolute)."
+    )
 
 
 class EvalSpec(Spec):
     max_examples: int | None = Field(None, gt=0, description="Score at most this many test examples.")
     batch_size: int = Field(16, gt=0)
     max_new_tokens: int = Field(96, gt=0, description="Generation budget for extraction answers.")
+    metrics: list[MetricFamily] | None = Field(
+        None,
+        description="Task metrics to compute. Default by task: extraction → [extraction]; chat → [perplexity, "
+                    "generation]; classification → [classification].",
+    )
+    general: GeneralSuiteSpec = Field(default_factory=GeneralSuiteSpec)
+    max_forgetting: MaxForgettingSpec = Field(default_factory=MaxForgettingSpec)
+    report_examples: int = Field(6, ge=0, description="Test examples shown base vs tuned side by side in report.html.")
 
 
 class ExportSpec(Spec):

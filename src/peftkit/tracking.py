@@ -75,3 +75,9 @@ def log_evaluation(recipe: Recipe, run_dir: Path, results: dict) -> None:
             for key, value in results.get(side, {}).items():
                 if isinstance(value, (int, float)):
                     mlflow.log_metric(f"{side}.{key}", float(value))
+        forgetting = results.get("forgetting", {})
+        for name, metrics in forgetting.get("deltas", {}).items():
+            for metric, d in metrics.items():
+                mlflow.log_metric(f"forgetting.{name.replace(':', '_')}.{metric}.delta", float(d["delta"]))
+        if forgetting.get("checks"):
+            mlflow.set_tag("peftkit.forgetting_gate", "passed" if forgetting["passed"] else "failed")

@@ -50,3 +50,14 @@ def test_classification_scores_hand_computed():
 def test_length_mismatch_raises():
     with pytest.raises(ValueError):
         extraction_scores(["{}"], [REF, REF])
+
+
+def test_generation_scores_hand_computed():
+    from peftkit.evaluate.metrics import generation_scores
+
+    # "the cat sat" vs "the cat sat down": LCS 3, P = 3/3, R = 3/4, F = 2PR/(P+R) = 6/7.
+    # "a dog" vs "the cat": LCS 0 → 0.  Identical text up to whitespace → 1 and an exact match.
+    s = generation_scores(["the cat sat", "a dog", " hello   world "], ["the cat sat down", "the cat", "hello world"])
+    assert s["rouge_l"] == pytest.approx((6 / 7 + 0 + 1) / 3)
+    assert s["text_exact_match"] == pytest.approx(1 / 3)
+    assert s["examples"] == 3

@@ -16,15 +16,17 @@ def batches(items: list, size: int):
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: list[list[dict]], batch_size: int, max_new_tokens: int,
+def generate_answers(model, tokenizer, prompts: list[list[dict] | str], batch_size: int, max_new_tokens: int,
                      progress: Progress, label: str) -> list[str]:
-    """Greedy answers to chat prompts (lists of messages), decoded without special tokens."""
+    """Greedy answers to chat prompts (lists of messages) or plain-text prompts, decoded without special tokens."""
     model.eval()
     tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
     task = progress.add_task(label, total=len(prompts))
     answers: list[str] = []
     for chunk in batches(prompts, batch_size):
-        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in chunk]
+        # chat prompts (lists of messages) get the chat template; plain-text prompts are continued as they are
+        texts = [p if isinstance(p, str) else tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+                 for p in chunk]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         out = model.generate(
             **enc,

@@ -1,7 +1,8 @@
 """Task metrics, computed from predictions and references only (no models here).
 
 - extraction: JSON validity rate, per-field accuracy, mean field accuracy, exact match;
-- classification: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix.
+- classification: accuracy, macro-F1, per-class precision/recall/F1, confusion matrix;
+- generation: ROUGE-L F-measure (rouge-score, stemmed) and exact match of the answer text.
 """
 
 from __future__ import annotations
@@ -89,3 +90,17 @@ def classification_scores(predicted: list[str], actual: list[str], labels: list[
         "confusion_matrix": {"labels": labels, "matrix": matrix},
         "examples": len(actual),
     }
+
+
+def generation_scores(predictions: list[str], references: list[str]) -> dict:
+    """Mean ROUGE-L F-measure (Lin 2004, via rouge-score with Porter stemming) and the share of answers
+    that equal the reference after trimming and collapsing whitespace (`text_exact_match`)."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    exact = [" ".join(p.split()) == " ".join(r.split()) for p, r in zip(predictions, references)]
+    n = max(len(references), 1)
+    return {"rouge_l": sum(rouge) / n, "text_exact_match": sum(exact) / n, "examples": len(references)}

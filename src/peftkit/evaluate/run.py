@@ -1,12 +1,17 @@
-"""`peftkit eval RUN`: score the base model and the tuned model on the run's test split.
+"""`peftkit eval RUN`: score the base model and the tuned model on the run's test split, run the
+forgetting check, write metrics.json and report.html, and fail when the forgetting gate fails.
 
     results = evaluate("runs/quickstart-20261123-101500")
-    results["base"]["field_accuracy"], results["tuned"]["field_accuracy"]
+    results["base"]["field_accuracy"], results["tuned"]["field_accuracy"], results["forgetting"]["passed"]
 
-Metrics by task: extraction → JSON validity, per-field accuracy, exact match; classification →
-accuracy, macro-F1, per class; chat → loss and perplexity on the assistant turns. Results go into
-metrics.json as {"base": {...}, "tuned": {...}, "eval": {...}}; every test example's base and tuned
-answers go to `eval_predictions.jsonl` for reading side by side.
+Task metrics (eval.metrics; default by task): extraction → JSON validity, per-field accuracy, exact
+match; classification → accuracy, macro-F1, per class, confusion matrix; generation → ROUGE-L and
+exact match of greedy answers; perplexity → loss, perplexity and token accuracy on the answers. Base
+and tuned go through the same functions with the same prompts and greedy decoding. The general
+suite (eval.general, see `forgetting.py`) is scored on both for causal LMs. Results go into
+metrics.json as {"base", "tuned", "forgetting", "eval"}; every test example's base and tuned answers
+go to `eval_predictions.jsonl`. When a threshold of eval.max_forgetting is exceeded, everything is
+still written and then ForgettingGateError names the threshold (`peftkit eval` exits 1).
 """
 
 from __future__ import annotations
@@ -21,38 +26,71 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from peftkit.data.prepare import load_prepared, read_split
 from peftkit.data.records import to_prompt_completion
-from peftkit.errors import DataError
-from peftkit.evaluate.metrics import classification_scores, extraction_scores
+from peftkit.errors import DataError, RecipeError
+from peftkit.evaluate.metrics import classification_scores, extraction_scores, generation_scores
+from peftkit.recipe import EarlyStoppingSpec, load_recipe
 from peftkit.resources import peak_memory
 from peftkit.rundir import open_run, require, update_metrics
 
+DEFAULT_METRICS = {"extraction": ["extraction"], "chat": ["perplexity", "generation"],
+                   "completion": ["perplexity", "generation"], "classification": ["classification"]}
+ALLOWED_METRICS = {"extraction": {"extraction", "generation", "perplexity"}, "chat": {"generation", "perplexity"},
+                   "completion": {"generation", "perplexity"}, "classification": {"classification"}}
 
-def evaluate(run_dir: str | Path, console: Console | None = None) -> dict:
-    """Score base and tuned on the test split; returns {"base", "tuned", "eval"} (also in metrics.json)."""
+
+def evaluate(run_dir: str | Path, console: Console | None = None, overrides: list[str] | None = None,
+             gate: bool = True, report: bool = True) -> dict:
+    """Score base and tuned on the test split and the general suite; returns {"base", "tuned",
+    "forgetting", "eval"} (also in metrics.json) and writes report.html.
+
+    Args:
+        overrides: `--set` strings applied to the run's recipe for this evaluation (eval.* fields).
+        gate: raise ForgettingGateError when a threshold of eval.max_forgetting is exceeded.
+        report: (re)build RUN/report.html.
+    """
     from peft import PeftModel
 
+    from peftkit.evaluate import forgetting
     from peftkit.loading import load_base_model, load_tokenizer
 
     console = console or Console(stderr=True)
     run_dir, recipe = open_run(run_dir)
+    if overrides:
+        recipe = load_recipe(run_dir / "recipe.yaml", overrides)
     adapter_dir = require(run_dir, "adapter", "train")
     prepared = load_prepared(run_dir / "data")
     rows = read_split(prepared.data_dir, "test")[: recipe.eval.max_examples]
     if not rows:
         raise DataError(f"{run_dir}: the test split is empty; raise data.split.test in the recipe")
+    families = task_metrics(recipe.eval.metrics, prepared.task)
+    suite = _general_sets(recipe, prepared)
     started = time.perf_counter()
     tokenizer = load_tokenizer(recipe.model)
     model = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed)
 
     with _progress(console) as progress:
-        base_out = _score(model, tokenizer, rows, prepared, recipe, progress, "base ")
+        base_out = _score(model, tokenizer, rows, prepared, recipe, families, progress, "base ")
+        base_general = forgetting.score_suite(model, tokenizer, suite, recipe.eval.general, recipe.eval.batch_size,
+                                              recipe, progress, "base ")
         tuned = PeftModel.from_pretrained(model, adapter_dir)  # adds the adapter to `model` in place
-        tuned_out = _score(tuned, tokenizer, rows, prepared, recipe, progress, "tuned")
+        tuned_out = _score(tuned, tokenizer, rows, prepared, recipe, families, progress, "tuned")
+        tuned_general = forgetting.score_suite(tuned, tokenizer, suite, recipe.eval.general, recipe.eval.batch_size,
+                                               recipe, progress, "tuned")
 
+    deltas = forgetting.forgetting_deltas(base_general, tuned_general)
+    kinds = {s.name: s.kind for s in suite} | {k: "lm_eval" for k in base_general if k.startswith("lm_eval:")}
+    checks = forgetting.check_gate(deltas, kinds, recipe.eval.max_forgetting)
+    section = forgetting.gate_section(suite, deltas, checks, recipe.eval.max_forgetting)
+    section["sets"].update({k: {"kind": "lm_eval", "metric": v["metric"]} for k, v in base_general.items()
+                            if k.startswith("lm_eval:")})
+    if not suite and prepared.task == "classification":
+        section["skipped"] = "encoder classifier: no language-model head to score general text with"
     results = {
         "base": base_out["scores"],
         "tuned": tuned_out["scores"],
-        "eval": {"split": "test", "examples": len(rows), "seconds": time.perf_counter() - started, **peak_memory()},
+        "forgetting": section,
+        "eval": {"split": "test", "examples": len(rows), "metrics": families, "overrides": list(overrides or []),
+                 "seconds": time.perf_counter() - started, **peak_memory()},
     }
     update_metrics(run_dir, **results)
     if "answers" in base_out:
@@ -63,7 +101,48 @@ def evaluate(run_dir: str | Path, console: Console | None = None) -> dict:
         from peftkit.tracking import log_evaluation
 
         log_evaluation(recipe, run_dir, results)
+    if report:
+        from peftkit.evaluate.report import build_report
+
+        results["report"] = str(build_report([run_dir]).path)
+    if gate:
+        forgetting.raise_if_failed(checks, results)
     return results
+
+
+def task_metrics(chosen: list[str] | None, task: str) -> list[str]:
+    """The metric families to compute: the recipe's choice (checked against the task) or the task's default."""
+    if task not in DEFAULT_METRICS:
+        raise RecipeError(f"data.task: {task} runs cannot be evaluated base vs tuned (tasks: {', '.join(DEFAULT_METRICS)})")
+    if chosen is None:
+        return DEFAULT_METRICS[task]
+    wrong = [m for m in chosen if m not in ALLOWED_METRICS[task]]
+    if wrong or not chosen:
+        raise RecipeError(f"eval.metrics: {wrong or '[]'} cannot score a {task} task; "
+                          f"expected some of {sorted(ALLOWED_METRICS[task])}")
+    return list(dict.fromkeys(chosen))
+
+
+def _general_sets(recipe, prepared) -> list:
+    """The general suite of a run (empty when disabled); classification encoders have no LM head to score it."""
+    from peftkit.evaluate.forgetting import general_suite, require_sets_for_thresholds, thresholds_set
+
+    spec = recipe.eval.general
+    if prepared.task == "classification":
+        wanted = thresholds_set(recipe.eval.max_forgetting)
+        if wanted:
+            raise RecipeError(f"eval.max_forgetting.{wanted[0]}: the forgetting check needs a causal LM; "
+                              f"'{recipe.model.name}' is trained as an encoder classifier (set it to null)")
+        return []
+    if not spec.enabled:
+        if thresholds_set(recipe.eval.max_forgetting):
+            raise RecipeError("eval.general.enabled is false but eval.max_forgetting sets thresholds; "
+                              "enable the suite or clear the thresholds")
+        return []
+    run_rows = [r for split in ("train", "val", "test") for r in read_split(prepared.data_dir, split)]
+    sets = general_suite(spec, run_rows)
+    require_sets_for_thresholds(sets, spec, recipe.eval.max_forgetting)
+    return sets
 
 
 def _progress(console: Console) -> Progress:
@@ -71,7 +150,8 @@ def _progress(console: Console) -> Progress:
                     TimeRemainingColumn(), console=console)
 
 
-def _score(model, tokenizer, rows, prepared, recipe, progress, label) -> dict:
+def _score(model, tokenizer, rows, prepared, recipe, families, progress, label) -> dict:
+    """{"scores": flat metric dict, "answers": per-example outputs (when the task generates or classifies)}."""
     from peftkit.evaluate.generate import classify, generate_answers
 
     if prepared.task == "classification":
@@ -79,30 +159,44 @@ def _score(model, tokenizer, rows, prepared, recipe, progress, label) -> dict:
                              recipe.eval.batch_size, recipe.data.max_length, progress, label)
         return {"scores": classification_scores(predicted, [r["label"] for r in rows], prepared.labels),
                 "answers": predicted}
-    if prepared.task == "extraction":
-        prompts = [to_prompt_completion(r, "extraction", prepared.instruction)["prompt"] for r in rows]
-        answers = generate_answers(model, tokenizer, prompts, recipe.eval.batch_size,
+    pairs = [to_prompt_completion(r, prepared.task, prepared.instruction) for r in rows]
+    scores: dict = {}
+    out: dict = {"scores": scores}
+    if "extraction" in families or "generation" in families:
+        answers = generate_answers(model, tokenizer, [p["prompt"] for p in pairs], recipe.eval.batch_size,
                                    recipe.eval.max_new_tokens, progress, label)
-        return {"scores": extraction_scores(answers, [r["output"] for r in rows]), "answers": answers}
-    loss = assistant_loss(model, tokenizer, rows, recipe, progress, label)
-    return {"scores": {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "examples": len(rows)}}
+        references = [p["completion"] if isinstance(p["completion"], str) else p["completion"][0]["content"] for p in pairs]
+        out["answers"] = answers
+        if "extraction" in families:
+            scores.update(extraction_scores(answers, references))
+        if "generation" in families:
+            scores.update(generation_scores(answers, references))
+    if "perplexity" in families:
+        loss = assistant_loss(model, tokenizer, pairs, recipe, progress, label, recipe.data.max_length)
+        scores.update({**loss, "perplexity": math.exp(min(loss["loss"], 50.0))})
+    scores["examples"] = len(rows)
+    return out
 
 
-def assistant_loss(model, tokenizer, rows, recipe, progress, label) -> float:
-    """Mean token cross-entropy on the final assistant turns, with trl's own masking and collation."""
+def assistant_loss(model, tokenizer, pairs: list[dict], recipe, progress, label: str, max_length: int) -> dict:
+    """Mean token cross-entropy and next-token accuracy on the completions of prompt/completion pairs
+    (the assistant's answers), with trl's own masking and collation: {"loss", "token_accuracy"}."""
     import datasets
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     from peftkit.train.common import trainer_kwargs
 
-    dataset = datasets.Dataset.from_list([to_prompt_completion(r, "chat", None) for r in rows])
-    task = progress.add_task(label, total=len(rows))
-    kwargs = trainer_kwargs(recipe.train, Path(recipe.output.runs_dir) / ".eval", has_val=False)
+    dataset = datasets.Dataset.from_list(pairs)
+    task = progress.add_task(label, total=len(pairs))
+    no_early_stop = recipe.train.model_copy(update={"early_stopping": EarlyStoppingSpec()})  # nothing is trained
+    kwargs = trainer_kwargs(no_early_stop, Path(recipe.output.runs_dir) / ".eval", has_val=False)
     kwargs["per_device_eval_batch_size"] = recipe.eval.batch_size
-    args = SFTConfig(**kwargs, max_length=recipe.data.max_length, completion_only_loss=True)
+    args = SFTConfig(**kwargs, max_length=max_length, completion_only_loss=True)
     tokenizer.padding_side = "right"
     # trl requires a train_dataset even for evaluate(); nothing is trained here.
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer)
-    loss = trainer.evaluate()["eval_loss"]
-    progress.advance(task, len(rows))
-    return float(loss)
+    trainer.remove_callback(PrinterCallback)  # it prints the raw metrics dict; the progress bar shows progress
+    metrics = trainer.evaluate()
+    progress.advance(task, len(pairs))
+    return {"loss": float(metrics["eval_loss"]), "token_accuracy": float(metrics["eval_mean_token_accuracy"])}

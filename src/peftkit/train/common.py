@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from peftkit.recipe import TrainSpec
+from peftkit.train.callbacks import early_stopping_args
 
 
 def trainer_kwargs(spec: TrainSpec, run_dir: Path, has_val: bool) -> dict:
@@ -40,4 +41,5 @@ def trainer_kwargs(spec: TrainSpec, run_dir: Path, has_val: bool) -> dict:
         # worth it when memory is short, which the recipe says explicitly.
         "activation_checkpointing": False,
         "include_num_input_tokens_seen": "non_padding",
+        **early_stopping_args(spec, has_val),  # checkpoints + best-model reload, only when early stopping is on
     }

@@ -74,6 +74,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     )
 
     callbacks = [RichProgressCallback(console), TextLogCallback(run_dir / "train.log")]
+    callbacks += _early_stopping_callbacks(recipe, prepared, tokenizer)
     if task == "causal-lm":
         from peftkit.train.sft import build_sft_trainer
 
@@ -85,6 +86,8 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress bar shows them
     output = trainer.train()
     final_eval = trainer.evaluate() if trainer.eval_dataset is not None else {}
+
+    early_stopping = _finish_early_stopping(recipe, trainer, callbacks, run_dir)
 
     adapter_dir = run_dir / "adapter"
     model.save_pretrained(adapter_dir)
@@ -109,6 +112,8 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
         "val_history": [{"step": h["step"], "val_loss": h["eval_loss"]} for h in history if "eval_loss" in h],
     }
+    if early_stopping:
+        metrics["early_stopping"] = early_stopping
     update_metrics(run_dir, train=metrics)
     if recipe.output.mlflow:
         from peftkit.tracking import log_training
@@ -119,3 +124,23 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         f"({metrics['seconds_per_step']:.2f} s/step), val loss {metrics['val_loss'] if metrics['val_loss'] is not None else '–'}"
     )
     return TrainResult(run_dir, metrics)
+
+
+def _early_stopping_callbacks(recipe: Recipe, prepared, tokenizer) -> list:
+    from peftkit.data.prepare import read_split
+    from peftkit.train.callbacks import early_stopping_callbacks, general_texts_for_training
+
+    rows = [r for split in ("train", "val", "test") for r in read_split(prepared.data_dir, split)]
+    return early_stopping_callbacks(recipe.train, general_texts_for_training(recipe.train, prepared.task, rows), tokenizer)
+
+
+def _finish_early_stopping(recipe: Recipe, trainer, callbacks: list, run_dir: Path) -> dict | None:
+    """The early-stopping summary; the checkpoints are deleted (the best one is now in the model)."""
+    import shutil
+
+    from peftkit.train.callbacks import early_stopping_summary
+
+    summary = early_stopping_summary(recipe.train, trainer, callbacks)
+    if summary is not None:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return summary
