@@ -41,6 +41,10 @@ FAMILIES: dict[str, dict] = {
                      "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True},
     "llama-3.2-3b": {**_LLAMA3, "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
                      "num_attention_heads": 24, "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": True},
+    # LLaMA-1 65B: the model of the QLoRA paper's "65B on one 48 GB GPU" (benchmarks/plan_vs_published.py)
+    "llama-65b": {"model_type": "llama", "vocab_size": 32000, "hidden_size": 8192, "intermediate_size": 22016,
+                  "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 64,
+                  "tie_word_embeddings": False, "max_position_embeddings": 2048},
     "mistral-7b": {"model_type": "mistral", "vocab_size": 32768, "hidden_size": 4096, "intermediate_size": 14336,
                    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                    "tie_word_embeddings": False, "max_position_embeddings": 32768},  # v0.3

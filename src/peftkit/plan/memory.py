@@ -309,6 +309,7 @@ class ServePlanSpec(Spec):
     model: str
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     quantized: bool = Field(False, description="Serve the base in NF4 (4-bit).")
+    double_quant: bool = Field(True, description="NF4: quantize the absmax constants too.")
     context: int = Field(4096, gt=0, description="Tokens per sequence (prompt + generated).")
     concurrent: int = Field(8, gt=0, description="Sequences in flight at once.")
     adapters: int = Field(4, ge=0, description="Adapter slots resident on the device.")
@@ -326,7 +327,7 @@ def plan_serving(spec: ServePlanSpec) -> MemoryPlan:
     q = quantized_linears(arch) if spec.quantized else {}
     q_numel = sum(d * k for d, k in q.values())
     if q:
-        weights["nf4 (4-bit + block constants)"] = sum(nf4_bytes(d * k, True) for d, k in q.values())
+        weights["nf4 (4-bit + block constants)"] = sum(nf4_bytes(d * k, spec.double_quant) for d, k in q.values())
     weights[spec.dtype] = (total - q_numel) * dbytes
     kv_per_token = 2 * arch.layers * arch.kv_heads * arch.head_dim * dbytes
     kv = kv_per_token * spec.context * spec.concurrent
