@@ -170,14 +170,40 @@ def run_config(cfg: dict, steps: int, device: str, default_malloc: bool = False)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def predict(cfg: dict, device: str):
-    from peftkit.plan.memory import TrainPlanSpec, plan_training
+def plan_spec(cfg: dict, device: str):
+    from peftkit.plan.memory import TrainPlanSpec
 
-    spec = TrainPlanSpec(
+    return TrainPlanSpec(
         model=cfg["model"], method=cfg["method"], rank=cfg["rank"], targets=cfg["targets"],
         lora_dropout=cfg["dropout"], batch=cfg["batch"], seq=cfg["seq"], gradient_checkpointing=cfg["gc"],
         optimizer=cfg["optimizer"], dtype="float32", device=device, num_labels=cfg["num_labels"])
-    return plan_training(spec)
+
+
+def predict(cfg: dict, device: str):
+    from peftkit.plan.memory import plan_training
+
+    return plan_training(plan_spec(cfg, device))
+
+
+def calibrate(steps: int) -> None:
+    """Measure the CPU runtime constant: a tiny model's training peak minus its (tiny) tensor terms."""
+    import tempfile
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from peftkit.plan.memory import RUNTIME_BYTES
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        LlamaForCausalLM(LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp)
+        for method in ("full", "lora"):
+            cfg = {**DEFAULTS, "model": tmp, "method": method, "batch": 1, "seq": 32, "gc": False}
+            got = run_config(cfg, steps, "cpu")
+            tensors = predict(cfg, "cpu").peak_bytes - RUNTIME_BYTES["cpu"]
+            print(f"tiny {method}: measured {got['peak_bytes'] / 2**20:.1f} MiB, tensor terms {tensors / 2**20:.1f} MiB, "
+                  f"runtime = {(got['peak_bytes'] - tensors) / 2**20:.1f} MiB")
 
 
 def label(cfg: dict) -> str:
@@ -193,15 +219,22 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--only", help="comma-separated config indices")
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--calibrate", action="store_true", help="measure the CPU runtime constant on a tiny model")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's dynamic mmap threshold on (heap caching counts as measured memory)")
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(measure(json.loads(args.worker), args.steps, args.device)))
+        return
+    if args.calibrate:
+        calibrate(args.steps)
         return
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from rich.table import Table
 
+    from peftkit.plan.cost import flops_per_token
     from peftkit.resources import human_bytes
 
     console = Console()
@@ -214,18 +247,21 @@ def main() -> None:
         task = bar.add_task("measuring", total=len(configs))
         for cfg in configs:
             bar.update(task, description=label(cfg))
+            spec = plan_spec(cfg, args.device)
             plan = predict(cfg, args.device)
-            got = run_config(cfg, args.steps, args.device)
+            got = run_config(cfg, args.steps, args.device, args.default_malloc)
+            step = statistics.median(got["step_seconds"][1:] or got["step_seconds"])
             rows.append({"config": cfg, "label": label(cfg), "predicted_bytes": plan.peak_bytes,
                          "predicted_components": plan.components, **got,
-                         "ratio": plan.peak_bytes / got["peak_bytes"]})
+                         "ratio": plan.peak_bytes / got["peak_bytes"],
+                         "gflops_per_second": flops_per_token(spec) * cfg["batch"] * cfg["seq"] / step / 1e9})
             bar.advance(task)
     table = Table(title=f"planner vs measured peak training memory ({args.device}, {args.steps} steps)")
-    for col in ("configuration", "predicted", "measured", "pred/meas", "s/step"):
+    for col in ("configuration", "predicted", "measured", "pred/meas", "s/step", "GFLOP/s"):
         table.add_column(col, justify="left" if col == "configuration" else "right")
     for r in rows:
         table.add_row(r["label"], human_bytes(r["predicted_bytes"]), human_bytes(r["peak_bytes"]),
-                      f"{r['ratio']:.3f}", f"{statistics.median(r['step_seconds']):.2f}")
+                      f"{r['ratio']:.3f}", f"{statistics.median(r['step_seconds']):.2f}", f"{r['gflops_per_second']:.0f}")
     console.print(table)
     errors = [abs(r["ratio"] - 1) for r in rows]
     console.print(f"median |error| {100 * statistics.median(errors):.1f}%  worst |error| {100 * max(errors):.1f}% "
