@@ -190,13 +190,17 @@ def plan(
     utilisation: Annotated[float, typer.Option(help="Assumed fraction of peak BF16 throughput (MFU).")] = 0.4,
     prices: Annotated[Optional[Path], typer.Option(help="YAML {gpu-name: USD per hour} overriding the defaults.")] = None,
     tasks: Annotated[int, typer.Option(help="Task adapters for the storage comparison.")] = 100,
+    serve: Annotated[bool, typer.Option("--serve", help="Plan serving instead: weights, KV cache, adapter slots.")] = False,
+    context: Annotated[int, typer.Option(help="--serve: tokens per sequence (prompt + output).")] = 4096,
+    concurrent: Annotated[int, typer.Option(help="--serve: sequences in flight.")] = 8,
+    adapters: Annotated[int, typer.Option(help="--serve: adapter slots on the device.")] = 4,
     list_models: Annotated[bool, typer.Option("--list-models", help="List the catalog families and exit.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan machine-readably.")] = False,
 ):
     """Will it fit, what will it cost, which method: a memory plan from the config alone (no weights loaded)."""
     from peftkit.plan.hardware import Device, PlanError, current_device, select_gpus
-    from peftkit.plan.memory import TrainPlanSpec
-    from peftkit.plan.report import build_report, print_report
+    from peftkit.plan.memory import ServePlanSpec, TrainPlanSpec
+    from peftkit.plan.report import build_report, build_serve_report, print_report, print_serve_report
 
     _quiet_libraries()
     if list_models:
@@ -208,6 +212,18 @@ def plan(
                           str(c["num_attention_heads"]), str(c.get("num_key_value_heads", c["num_attention_heads"])),
                           str(c["vocab_size"]), str(c.get("tie_word_embeddings", True)))
         console.print(table)
+        return
+    if serve:
+        if model is None:
+            raise PlanError("peftkit plan --serve: give --model NAME")
+        spec = ServePlanSpec(model=model, dtype=dtype, quantized=method == "qlora", context=context,
+                             concurrent=concurrent, adapters=adapters, rank=rank, targets=targets)
+        devices = [Device.from_memory(gpu_memory)] if gpu_memory else [current_device()] if here else select_gpus(gpu, prices)
+        serve_report = build_serve_report(spec, devices)
+        if as_json:
+            console.print_json(json.dumps(serve_report, default=str))
+        else:
+            print_serve_report(serve_report, console)
         return
     if recipe is not None:
         from peftkit.plan.guard import spec_from_recipe

@@ -74,3 +74,11 @@ def test_guard_passes_a_run_that_fits_and_reads_the_recipe(tiny_llama_dir):
     assert check_fits(recipe, Console(quiet=True), Device("big", 64 * 2**30, "cpu"))["fits"]
     with pytest.raises(WontFitError):
         check_fits(recipe, Console(quiet=True), Device("tiny", 2**20, "cpu"))
+
+
+def test_serve_plan_json():
+    report = plan_json("--model", "llama-3.1-8b", "--serve", "--context", "8192", "--concurrent", "16",
+                       "--adapters", "8", "--gpu", "l4,a100-80gb")
+    c = report["serve"]["components"]
+    assert c["KV cache"] == 16 * 8192 * 2 * 32 * 8 * 128 * 2
+    assert [v["fits"] for v in report["verdicts"]] == [False, True]

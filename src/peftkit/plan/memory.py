@@ -210,6 +210,10 @@ def plan_training(spec: TrainPlanSpec) -> MemoryPlan:
     if quantized:
         weights["nf4 (4-bit + block constants)"] = sum(nf4_bytes(d * k, spec.double_quant) for d, k in quantized.values())
     weights[spec.dtype] = (total_params - q_numel) * dbytes + buffers  # incl. biases of quantized layers
+    if quantized and dbytes < 4:
+        extra = (total_params - q_numel) * (4 - dbytes)
+        notes.append(f"non-quantized layers stay in {spec.dtype}; peft's prepare_model_for_kbit_training "
+                     f"upcasts them to float32: +{extra / 2**30:.2f} GiB")
 
     # ---- trainable parameters: (numel, bytes per element) per tensor
     trainable: list[tuple[int, int]] = []

@@ -15,7 +15,7 @@ from rich.table import Table
 from peftkit.plan.advise import advise, verdicts
 from peftkit.plan.cost import DEFAULT_UTILISATION, estimate_cost, storage
 from peftkit.plan.hardware import Device
-from peftkit.plan.memory import TrainPlanSpec, plan_training
+from peftkit.plan.memory import ServePlanSpec, TrainPlanSpec, plan_serving, plan_training
 from peftkit.resources import human_bytes
 
 
@@ -34,6 +34,32 @@ def build_report(specs: list[TrainPlanSpec], devices: list[Device], tokens: int 
             entry["storage"] = storage(spec, tasks)
         plans.append(entry)
     return {"plans": plans, "devices": [{"name": d.name, "memory_bytes": d.memory_bytes} for d in devices]}
+
+
+def build_serve_report(spec: ServePlanSpec, devices: list[Device]) -> dict:
+    """Serving memory (weights, KV cache, adapter slots) and a verdict per device."""
+    plan = plan_serving(spec)
+    return {"serve": plan.to_dict(), "verdicts": verdicts(plan, devices),
+            "devices": [{"name": d.name, "memory_bytes": d.memory_bytes} for d in devices]}
+
+
+def print_serve_report(report: dict, console: Console) -> None:
+    plan = report["serve"]
+    s, arch = plan["spec"], plan["architecture"]
+    console.print(f"[bold]serving {arch['name']}[/bold]: {s['concurrent']} sequences × {s['context']} tokens, "
+                  f"{s['adapters']} adapter slots (r={s['rank']}), {'nf4' if s['quantized'] else s['dtype']}; "
+                  f"KV cache {human_bytes(plan['params']['kv_bytes_per_token'])} per token")
+    table = Table("component", "bytes")
+    for name, value in plan["components"].items():
+        table.add_row(name, human_bytes(value))
+    table.add_row("[bold]total[/bold]", f"[bold]{human_bytes(plan['peak_bytes'])}[/bold]")
+    console.print(table)
+    fit = Table("device", "memory", "verdict")
+    for v in report["verdicts"]:
+        mark = "[green]fits[/green]" if v["fits"] else "[red]no[/red]"
+        fit.add_row(v["device"], human_bytes(v["memory_bytes"]),
+                    f"{mark} ({'+' if v['headroom_bytes'] >= 0 else '-'}{human_bytes(abs(v['headroom_bytes']))})")
+    console.print(fit)
 
 
 def print_report(report: dict, console: Console) -> None:
