@@ -76,6 +76,7 @@ def print_report(report: dict, console: Console) -> None:
     for p in plans:
         table.add_column(p["method"], justify="right")
     names = list(dict.fromkeys(k for p in plans for k in p["memory"]["components"]))
+    names.sort(key=lambda k: not k.startswith("weights"))  # stable: weights first, then the plan's order
     for name in names:
         values = [p["memory"]["components"].get(name, 0) for p in plans]
         if any(values):
