@@ -194,51 +194,60 @@ def optimizer_bytes(sizes: list[tuple[int, int]], optimizer: str) -> int:
     return total
 
 
+def weight_bytes(arch: Architecture, spec: TrainPlanSpec) -> tuple[dict[str, int], int, list[str]]:
+    """Bytes of the base weights by storage type, the quantized parameter count, and notes."""
+    dbytes = DTYPE_BYTES[spec.dtype]
+    buffers = sum(b.numel() * b.element_size() for b in arch.meta_model().buffers())
+    weights: dict[str, int] = {}
+    notes: list[str] = []
+    quantized = quantized_linears(arch) if spec.method == "qlora" else {}
+    q_numel = sum(d * k for d, k in quantized.values())
+    if quantized:
+        weights["nf4 (4-bit + block constants)"] = sum(nf4_bytes(d * k, spec.double_quant) for d, k in quantized.values())
+    weights[spec.dtype] = (arch.total_params - q_numel) * dbytes + buffers  # incl. biases of quantized layers
+    if quantized and dbytes < 4:
+        extra = (arch.total_params - q_numel) * (4 - dbytes)
+        notes.append(f"non-quantized layers stay in {spec.dtype}; peft's prepare_model_for_kbit_training "
+                     f"upcasts them to float32: +{extra / 2**30:.2f} GiB")
+    return weights, q_numel, notes
+
+
+def trainable_tensors(arch: Architecture, spec: TrainPlanSpec) -> tuple[list[tuple[int, int]], list[str]]:
+    """(numel, bytes per element) of every trainable tensor of the method, and notes."""
+    dbytes = DTYPE_BYTES[spec.dtype]
+    if spec.method == "full":
+        return [(p.numel(), dbytes) for p in arch.meta_model().parameters()], []
+    if spec.method in ("lora", "qlora", "dora"):
+        shapes = arch.linear_shapes()
+        tensors: list[tuple[int, int]] = []
+        for name in adapter_targets(arch, spec.method, spec.rank, spec.targets):
+            d, k = shapes[name]
+            tensors += [(spec.rank * k, 4), (d * spec.rank, 4)] + ([(d, 4)] if spec.method == "dora" else [])
+        head = head_params(arch)  # a trained copy in the model's dtype
+        return tensors + ([(head, dbytes)] if head else []), []
+    # prompt / prefix tuning (rough: the virtual tokens' embeddings)
+    per_token = arch.hidden if spec.method == "prompt" else 2 * arch.layers * arch.kv_heads * arch.head_dim
+    return [(spec.virtual_tokens * per_token, 4)], [
+        f"{spec.method} tuning is planned roughly: activations of seq + {spec.virtual_tokens} tokens"]
+
+
 def plan_training(spec: TrainPlanSpec) -> MemoryPlan:
     """Predict the peak memory of one training step of `spec` (see the module docstring)."""
     arch = _architecture(spec)
     model = arch.meta_model()
     dbytes = DTYPE_BYTES[spec.dtype]
-    notes: list[str] = []
     total_params = arch.total_params
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    weights, q_numel, notes = weight_bytes(arch, spec)
+    quantized = quantized_linears(arch) if q_numel else {}
 
-    # ---- weights by storage type
-    weights: dict[str, int] = {}
-    quantized = quantized_linears(arch) if spec.method == "qlora" else {}
-    q_numel = sum(d * k for d, k in quantized.values())
-    if quantized:
-        weights["nf4 (4-bit + block constants)"] = sum(nf4_bytes(d * k, spec.double_quant) for d, k in quantized.values())
-    weights[spec.dtype] = (total_params - q_numel) * dbytes + buffers  # incl. biases of quantized layers
-    if quantized and dbytes < 4:
-        extra = (total_params - q_numel) * (4 - dbytes)
-        notes.append(f"non-quantized layers stay in {spec.dtype}; peft's prepare_model_for_kbit_training "
-                     f"upcasts them to float32: +{extra / 2**30:.2f} GiB")
-
-    # ---- trainable parameters: (numel, bytes per element) per tensor
-    trainable: list[tuple[int, int]] = []
-    adapter_bytes = 0
-    if spec.method == "full":
-        trainable = [(p.numel(), dbytes) for p in model.parameters()]
-    elif spec.method in ("lora", "qlora", "dora"):
-        names = adapter_targets(arch, spec.method, spec.rank, spec.targets)
-        shapes = arch.linear_shapes()
-        for n in names:
-            d, k = shapes[n]
-            trainable += [(spec.rank * k, 4), (d * spec.rank, 4)] + ([(d, 4)] if spec.method == "dora" else [])
-        head = head_params(arch)
-        if head:
-            trainable.append((head, 4 if spec.dtype == "float32" else dbytes))
-        adapter_bytes = sum(n * b for n, b in trainable)
-    else:  # prompt / prefix tuning (rough: the virtual tokens' embeddings)
-        per_token = arch.hidden if spec.method == "prompt" else 2 * arch.layers * arch.kv_heads * arch.head_dim
-        trainable = [(spec.virtual_tokens * per_token, 4)]
-        adapter_bytes = sum(n * b for n, b in trainable)
-        notes.append(f"{spec.method} tuning is planned roughly: activations of seq + {spec.virtual_tokens} tokens")
+    trainable, more_notes = trainable_tensors(arch, spec)
+    notes += more_notes
+    adapter_bytes = 0 if spec.method == "full" else sum(n * b for n, b in trainable)
     trainable_params = sum(n for n, _ in trainable)
     grads = sum(n * b for n, b in trainable)
     states = optimizer_bytes(trainable, spec.optimizer)
     if spec.optimizer in ("adamw", "paged-adamw"):
+        # multi-tensor (CUDA): sqrt of all second moments at once; per-tensor (CPU): the largest one
         step_scratch = grads if spec.device == "cuda" else max(n * b for n, b in trainable)
     else:
         step_scratch = 0
@@ -273,8 +282,8 @@ def plan_training(spec: TrainPlanSpec) -> MemoryPlan:
         notes.append("DPO with an adapter: the reference is the base model with adapters disabled (no copy)")
     runtime = RUNTIME_BYTES[spec.device]
 
-    weight_bytes = sum(weights.values())
-    static = weight_bytes + adapter_bytes + states + reference
+    weights_total = sum(weights.values())
+    static = weights_total + adapter_bytes + states + reference
     backward = static + activations + transient + head_grad
     step = static + grads + step_scratch
     components = {
