@@ -104,7 +104,9 @@ def measure(cfg: dict, steps: int, device: str) -> dict:
     if cfg["method"] == "qlora":
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32)
+            bnb_4bit_compute_dtype=torch.float32,
+            # a classifier's fresh head stays unquantized (peft trains a copy of it)
+            llm_int8_skip_modules=None if causal else ["classifier"])
     if causal:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
     else:
