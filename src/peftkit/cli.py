@@ -46,6 +46,11 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    # bitsandbytes (imported by peft when installed) reports an optional CPU kernel package it lacks
+    warnings.filterwarnings("ignore", message=".*gemm_4bit_forward.*")
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

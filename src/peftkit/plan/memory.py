@@ -90,7 +90,7 @@ class TrainPlanSpec(Spec):
     @field_validator("targets")
     @classmethod
     def _targets(cls, v):
-        if isinstance(v, str) and "," in v:
+        if isinstance(v, str) and v not in ("all-linear", "attention"):
             return [t.strip() for t in v.split(",") if t.strip()]
         return v
 
