@@ -193,6 +193,8 @@ def plan(
     here: Annotated[bool, typer.Option("--here", help="Judge against this machine's free GPU memory or available RAM.")] = False,
     tokens: Annotated[int, typer.Option(help="Training tokens for the time and price estimate.")] = 10_000_000,
     utilisation: Annotated[float, typer.Option(help="Assumed fraction of peak BF16 throughput (MFU).")] = 0.4,
+    tflops: Annotated[Optional[float], typer.Option(help="Peak TFLOP/s of the judged device(s); with --utilisation 1 "
+                                                         "a throughput measured here (benchmarks/plan_vs_measured.py).")] = None,
     prices: Annotated[Optional[Path], typer.Option(help="YAML {gpu-name: USD per hour} overriding the defaults.")] = None,
     tasks: Annotated[int, typer.Option(help="Task adapters for the storage comparison.")] = 100,
     serve: Annotated[bool, typer.Option("--serve", help="Plan serving instead: weights, KV cache, adapter slots.")] = False,
@@ -256,6 +258,10 @@ def plan(
         devices = [current_device()]
     elif devices is None or gpu:
         devices = select_gpus(gpu, prices)
+    if tflops is not None:
+        from dataclasses import replace
+
+        devices = [replace(d, bf16_tflops=tflops) for d in devices]
     report = build_report(specs, devices, tokens=tokens, utilisation=utilisation, tasks=tasks)
     if as_json:
         console.print_json(json.dumps(report, default=str))
