@@ -1,7 +1,8 @@
 """Planner vs measured peak training memory on this machine (issue 6, validation).
 
     flock /tmp/peftkit-measure.lock env PYTHONPATH=src .venv/bin/python benchmarks/plan_vs_measured.py
-    ... --only 0,3 --steps 3 --json out.json    # a subset, machine-readable rows
+    ... --only 0,3 --steps 3 --json a.json     # a subset (keeps each hold of the lock short)
+    ... --table a.json b.json                  # one table from the saved subsets
 
 Trains each configuration below (methods × batch × sequence × checkpointing, on the built-in
 `smollm2-135m` and `minilm-l6`) for a few optimizer steps, each in a fresh subprocess, and prints
@@ -220,7 +221,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--only", help="comma-separated config indices")
-    ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--json", help="also write the rows to this file (after each configuration)")
+    ap.add_argument("--table", nargs="+", help="print the table of rows saved earlier with --json, and exit")
     ap.add_argument("--calibrate", action="store_true", help="measure the CPU runtime constant on a tiny model")
     ap.add_argument("--default-malloc", action="store_true",
                     help="leave glibc's dynamic mmap threshold on (heap caching counts as measured memory)")
@@ -234,42 +236,54 @@ def main() -> None:
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from rich.table import Table
 
     from peftkit.plan.cost import flops_per_token
-    from peftkit.resources import human_bytes
 
     console = Console()
-    picked = [int(i) for i in args.only.split(",")] if args.only else range(len(CONFIGS))
-    configs = [{**DEFAULTS, **CONFIGS[i]} for i in picked]
     rows = []
+    if args.table:  # only print the table of rows measured earlier (runs split to keep each lock short)
+        for path in args.table:
+            rows += json.loads(Path(path).read_text())
+        print_table(rows, console, args.device, args.steps)
+        return
+    picked = [int(i) for i in args.only.split(",")] if args.only else range(len(CONFIGS))
+    configs = [(i, {**DEFAULTS, **CONFIGS[i]}) for i in picked]
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("measuring", total=len(configs))
-        for cfg in configs:
+        for index, cfg in configs:
             bar.update(task, description=label(cfg))
             spec = plan_spec(cfg, args.device)
             plan = predict(cfg, args.device)
             got = run_config(cfg, args.steps, args.device, args.default_malloc)
             step = statistics.median(got["step_seconds"][1:] or got["step_seconds"])
-            rows.append({"config": cfg, "label": label(cfg), "predicted_bytes": plan.peak_bytes,
+            rows.append({"index": index, "config": cfg, "label": label(cfg), "predicted_bytes": plan.peak_bytes,
                          "predicted_components": plan.components, **got,
                          "ratio": plan.peak_bytes / got["peak_bytes"],
                          "gflops_per_second": flops_per_token(spec) * cfg["batch"] * cfg["seq"] / step / 1e9})
+            if args.json:  # written after every configuration: an interrupted run keeps what it measured
+                Path(args.json).write_text(json.dumps(rows, indent=1))
             bar.advance(task)
-    table = Table(title=f"planner vs measured peak training memory ({args.device}, {args.steps} steps)")
-    for col in ("configuration", "predicted", "measured", "pred/meas", "s/step", "GFLOP/s"):
+    print_table(rows, console, args.device, args.steps)
+
+
+def print_table(rows: list[dict], console, device: str, steps: int) -> None:
+    from rich.table import Table
+
+    from peftkit.resources import human_bytes
+
+    rows = sorted(rows, key=lambda r: r.get("index", 0))
+    table = Table(title=f"planner vs measured peak training memory ({device}, {steps} steps)")
+    for col in ("#", "configuration", "predicted", "measured", "pred/meas", "s/step", "GFLOP/s"):
         table.add_column(col, justify="left" if col == "configuration" else "right")
     for r in rows:
-        table.add_row(r["label"], human_bytes(r["predicted_bytes"]), human_bytes(r["peak_bytes"]),
+        table.add_row(str(r.get("index", "")), r["label"], human_bytes(r["predicted_bytes"]), human_bytes(r["peak_bytes"]),
                       f"{r['ratio']:.3f}", f"{statistics.median(r['step_seconds']):.2f}", f"{r['gflops_per_second']:.0f}")
     console.print(table)
     errors = [abs(r["ratio"] - 1) for r in rows]
     console.print(f"median |error| {100 * statistics.median(errors):.1f}%  worst |error| {100 * max(errors):.1f}% "
                   f"(targets: median <= 10%, worst <= 20%) over {len(rows)} configurations")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
