@@ -17,7 +17,9 @@ seq² probabilities). So `scaled_dot_product_attention` is intercepted during th
 by a stand-in that saves what the fused kernels save (query, key, value, output, log-sum-exp, the
 mask if any) whenever the real device would use one: on CUDA always; on CPU only without dropout
 (PyTorch's CPU flash kernel has no dropout, so e.g. BERT with attention dropout falls back to math).
-`attention="eager"` is traced as is.
+`attention="eager"` is traced as is. Likewise dropout: the meta device runs CPU's dropout, which
+keeps a float mask the size of its input; on CUDA the fused kernel keeps a bool mask, so for CUDA
+plans `dropout` is replaced by a stand-in that saves a bool mask.
 
 Gradient checkpointing (transformers' per-layer checkpointing) is derived from the same trace:
 each layer then keeps only its input, and the backward pass recomputes one layer at a time.
@@ -163,7 +165,7 @@ def _decoder_layers(model):
 
 
 class _FusedAttentionSaves:
-    """During a meta trace, make `scaled_dot_product_attention` save what a fused kernel would."""
+    """During a meta trace, make attention (and on CUDA, dropout) save what the real kernels would."""
 
     def __init__(self, device: str):
         self.device = device
@@ -178,12 +180,17 @@ class _FusedAttentionSaves:
                 import torch.nn.functional as F
 
                 kwargs = kwargs or {}
+                if func is F.dropout and device == "cuda":
+                    p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+                    training = kwargs.get("training", args[2] if len(args) > 2 else True)
+                    if training and p > 0:
+                        return _fused_saves()[1].apply(args[0] if args else kwargs["input"])
                 if func is F.scaled_dot_product_attention:
                     dropout = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
                     if device == "cuda" or not dropout:
                         q, k, v = args[:3]
                         mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
-                        return _fused_saves().apply(q, k, v, mask)
+                        return _fused_saves()[0].apply(q, k, v, mask)
                 return func(*args, **kwargs)
 
         self._mode = Mode()
@@ -215,4 +222,16 @@ def _fused_saves():
         def backward(ctx, grad):  # never run: the trace only does a forward
             raise NotImplementedError
 
-    return FusedSaves
+    class FusedDropoutSaves(torch.autograd.Function):
+        """CUDA's fused dropout keeps a bool mask for backward (CPU's keeps a scaled float mask)."""
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x.new_empty(x.shape, dtype=torch.bool))
+            return torch.empty_like(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise NotImplementedError
+
+    return FusedSaves, FusedDropoutSaves
