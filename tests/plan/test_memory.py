@@ -111,3 +111,13 @@ def test_serving_kv_cache_per_token():
     plan = plan_serving(ServePlanSpec(model="llama-3.1-8b", context=8192, concurrent=4, adapters=2))
     assert plan.params["kv_bytes_per_token"] == 2 * 32 * 8 * 128 * 2  # K and V, layers, kv heads, head dim, bf16
     assert plan.components["KV cache"] == plan.params["kv_bytes_per_token"] * 8192 * 4
+
+
+def test_matches_a_published_gpu_measurement():
+    """LitGPT's resource table: Llama-2-7B, LoRA r=8 on q,v, bf16, micro-batch 1, longest Alpaca example
+    1,304 tokens, A100: max_memory_allocated 21.30 GB (benchmarks/plan_vs_published.py has the rest)."""
+    from peftkit.plan.memory import RUNTIME_BYTES
+
+    plan = plan_training(TrainPlanSpec(model="llama-2-7b", rank=8, targets=["q_proj", "v_proj"], batch=1, seq=1304))
+    assert plan.params["trainable"] == 4_194_304  # the table's trainable parameter count
+    assert abs((plan.peak_bytes - RUNTIME_BYTES["cuda"]) / 21.30e9 - 1) < 0.05
