@@ -20,7 +20,16 @@ transformers, peft and bitsandbytes (about 0.5-1 GiB of RSS that no GPU would ho
 3. trains `--steps` steps (the optimizer states appear at the first step, so from the second step
    on everything a long run holds is there) and reads the peak RSS (`VmHWM`).
 measured = VmHWM − baseline: every byte the training run made resident, the analogue of
-`torch.cuda.max_memory_allocated` plus what the allocator and runtime keep. The planner's
+`torch.cuda.max_memory_allocated` plus what the runtime keeps.
+
+One allocator effect is switched off: glibc's *dynamic* mmap threshold. By default, once a large
+block (a tensor) is freed, glibc raises its mmap threshold to that size, so later tensors of up to
+32 MiB come from the heap, which is not returned to the OS and fragments; the peak RSS then
+depends on allocation order (a minilm-l6 LoRA run at batch 32 × 128 peaked at 2.7 and 3.7 GiB in
+two identical runs, against 1.7 GiB with a fixed threshold). The workers run with
+`MALLOC_MMAP_THRESHOLD_=65536`, so every tensor above 64 KiB is its own mapping and is returned
+when freed - what PyTorch's CUDA caching allocator reports as allocated. `--default-malloc` measures
+with glibc's default instead. The planner's
 "runtime" term for a CPU is one constant measured once (see peftkit.plan.memory.CPU_RUNTIME_BYTES),
 not fitted per configuration.
 
