@@ -15,6 +15,11 @@ No GPU is needed: this only plans. Each row names its source and what the source
 - QLoRA paper (Dettmers et al. 2023, arXiv:2305.14314), abstract: LLaMA-65B fine-tuned on one
   48 GB GPU (r=64 on all linear layers, paged AdamW, checkpointing); batch and length of the peak
   are not stated, micro-batch 1 × 512 tokens is assumed here.
+Known difference: LitGPT's table used bitsandbytes 0.41, whose 4-bit matmul kept its input for
+backward (`ctx.tensors = (A, B)`); 0.50 keeps `(None, B)`, and the planner plans today's. For
+Llama-2-7B at 1,304 tokens those inputs (attention, output, MLP-in and MLP-down inputs per layer)
+are (3·4096 + 11008) × 2 bytes × 1,304 × 32 layers = 1.94 GB, most of the 2.1 GB the QLoRA rows
+are under.
 The planner's "runtime" term (CUDA context, not in max_memory_allocated) is left out of the
 allocated-memory comparisons and kept for the reserved / whole-GPU ones.
 """
