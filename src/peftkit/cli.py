@@ -9,6 +9,7 @@
     peftkit recipe show RECIPE         the resolved recipe, every default filled in
     peftkit data inspect FILE          format, counts, problems, duplicates, token lengths (+ PNG)
     peftkit data prepare RECIPE        validated, cleaned, deduplicated, split data in runs/<id>/data
+    peftkit plan [RECIPE] [--model ...] will it fit, what will it cost, which method (nothing loaded)
     peftkit models | datasets | runs   what is built in, what has run
 
 A user mistake (PeftkitError) prints one red line and exits with status 1; anything else is a bug
@@ -53,6 +54,11 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    # bitsandbytes (imported by peft when installed) reports an optional CPU kernel package it lacks
+    warnings.filterwarnings("ignore", message=".*gemm_4bit_forward.*")
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -63,12 +69,13 @@ def _quiet_libraries() -> None:
 
 
 @app.command()
-def train(recipe: Annotated[str, typer.Argument(help="Recipe YAML path or shipped recipe name.")], set_: SetOption = None):
+def train(recipe: Annotated[str, typer.Argument(help="Recipe YAML path or shipped recipe name.")], set_: SetOption = None,
+          force: Annotated[bool, typer.Option("--force", help="Train even when the plan says it will not fit.")] = False):
     """Train an adapter: prepare data, load the base model, add LoRA, train, save RUN/adapter."""
     from peftkit.train.run import train as run_train
 
     _quiet_libraries()
-    result = run_train(recipe, overrides=set_ or [], console=err)
+    result = run_train(recipe, overrides=set_ or [], console=err, force=force)
     console.print(f"adapter: {result.run_dir / 'adapter'}")
 
 
@@ -327,6 +334,109 @@ def runs(
             "yes" if r["merged"] else "no",
         )
     console.print(table)
+
+
+@app.command()
+def plan(
+    recipe: Annotated[Optional[str], typer.Argument(help="Recipe YAML path or shipped recipe name (or use --model).")] = None,
+    set_: SetOption = None,
+    model: Annotated[Optional[str], typer.Option(help="Built-in, catalog family, folder or hub id (config only).")] = None,
+    method: Annotated[str, typer.Option(help="full, lora, qlora, dora, prompt, prefix; comma-separated to compare.")] = "lora",
+    rank: Annotated[int, typer.Option(help="LoRA rank r.")] = 16,
+    targets: Annotated[str, typer.Option(help="all-linear, attention, or comma-separated module names.")] = "all-linear",
+    batch: Annotated[int, typer.Option(help="Micro-batch size.")] = 1,
+    seq: Annotated[int, typer.Option(help="Tokens per sequence.")] = 512,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 (weights and compute).")] = "bfloat16",
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing/--no-gradient-checkpointing")] = False,
+    optimizer: Annotated[str, typer.Option(help="adamw, adamw-8bit, paged-adamw, paged-adamw-8bit.")] = "adamw",
+    attention: Annotated[str, typer.Option(help="sdpa, eager or flash_attention_2.")] = "sdpa",
+    objective: Annotated[str, typer.Option(help="sft, or dpo (chosen + rejected, a reference model).")] = "sft",
+    task: Annotated[Optional[str], typer.Option(help="causal-lm or sequence-classification (default: the model's).")] = None,
+    gpu: Annotated[Optional[str], typer.Option(help="GPU names, comma-separated, or 'all' (default).")] = None,
+    gpu_memory: Annotated[Optional[str], typer.Option(help="Judge against this much memory instead, e.g. 16GiB.")] = None,
+    here: Annotated[bool, typer.Option("--here", help="Judge against this machine's free GPU memory or available RAM.")] = False,
+    tokens: Annotated[int, typer.Option(help="Training tokens for the time and price estimate.")] = 10_000_000,
+    utilisation: Annotated[float, typer.Option(help="Assumed fraction of peak BF16 throughput (MFU).")] = 0.4,
+    tflops: Annotated[Optional[float], typer.Option(help="Peak TFLOP/s of the judged device(s); with --utilisation 1 "
+                                                         "a throughput measured here (benchmarks/plan_vs_measured.py).")] = None,
+    prices: Annotated[Optional[Path], typer.Option(help="YAML {gpu-name: USD per hour} overriding the defaults.")] = None,
+    tasks: Annotated[int, typer.Option(help="Task adapters for the storage comparison.")] = 100,
+    serve: Annotated[bool, typer.Option("--serve", help="Plan serving instead: weights, KV cache, adapter slots.")] = False,
+    context: Annotated[int, typer.Option(help="--serve: tokens per sequence (prompt + output).")] = 4096,
+    concurrent: Annotated[int, typer.Option(help="--serve: sequences in flight.")] = 8,
+    adapters: Annotated[int, typer.Option(help="--serve: adapter slots on the device.")] = 4,
+    list_models: Annotated[bool, typer.Option("--list-models", help="List the catalog families and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan machine-readably.")] = False,
+):
+    """Will it fit, what will it cost, which method: a memory plan from the config alone (no weights loaded)."""
+    from peftkit.plan.hardware import Device, PlanError, current_device, select_gpus
+    from peftkit.plan.memory import ServePlanSpec, TrainPlanSpec
+    from peftkit.plan.report import build_report, build_serve_report, print_report, print_serve_report
+
+    _quiet_libraries()
+    if list_models:
+        from peftkit.plan.architecture import FAMILIES
+
+        table = _table("family", "layers", "hidden", "intermediate", "heads", "kv heads", "vocab", "tied")
+        for name, c in FAMILIES.items():
+            table.add_row(name, str(c["num_hidden_layers"]), str(c["hidden_size"]), str(c["intermediate_size"]),
+                          str(c["num_attention_heads"]), str(c.get("num_key_value_heads", c["num_attention_heads"])),
+                          str(c["vocab_size"]), str(c.get("tie_word_embeddings", True)))
+        console.print(table)
+        return
+    if serve:
+        if model is None:
+            raise PlanError("peftkit plan --serve: give --model NAME")
+        spec = ServePlanSpec(model=model, dtype=dtype, quantized=method == "qlora", context=context,
+                             concurrent=concurrent, adapters=adapters, rank=rank, targets=targets)
+        devices = [Device.from_memory(gpu_memory)] if gpu_memory else [current_device()] if here else select_gpus(gpu, prices)
+        serve_report = build_serve_report(spec, devices)
+        if as_json:
+            console.print_json(json.dumps(serve_report, default=str))
+        else:
+            print_serve_report(serve_report, console)
+        return
+    if recipe is not None:
+        from peftkit.plan.guard import spec_from_recipe
+        from peftkit.recipe import load_recipe
+
+        devices = [current_device()] if not (gpu or gpu_memory) else None
+        kind = devices[0].kind if devices else "cuda"
+        base = spec_from_recipe(load_recipe(recipe, set_ or []), kind)
+        specs = [base]
+    elif model is not None:
+        methods = [m.strip() for m in method.split(",") if m.strip()]
+        try:
+            specs = [TrainPlanSpec(model=model, method=m, rank=rank, targets=targets, batch=batch, seq=seq, dtype=dtype,
+                                   gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, attention=attention,
+                                   objective=objective, task=task, device="cpu" if here and not _has_cuda() else "cuda")
+                     for m in methods]
+        except ValueError as exc:  # pydantic: name the flag and what it accepts
+            raise PlanError(f"peftkit plan: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+        devices = None
+    else:
+        raise PlanError("peftkit plan: give a RECIPE or --model NAME (see peftkit plan --help)")
+    if gpu_memory:
+        devices = [Device.from_memory(gpu_memory)]
+    elif here:
+        devices = [current_device()]
+    elif devices is None or gpu:
+        devices = select_gpus(gpu, prices)
+    if tflops is not None:
+        from dataclasses import replace
+
+        devices = [replace(d, bf16_tflops=tflops) for d in devices]
+    report = build_report(specs, devices, tokens=tokens, utilisation=utilisation, tasks=tasks)
+    if as_json:
+        console.print_json(json.dumps(report, default=str))
+    else:
+        print_report(report, console)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _table(*headers: str) -> Table:

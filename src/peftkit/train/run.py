@@ -33,8 +33,13 @@ def model_task(data_task: str) -> str:
     return "sequence-classification" if data_task == "classification" else "causal-lm"
 
 
-def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, console: Console | None = None) -> TrainResult:
-    """Train the recipe's adapter into a new run directory and return it with the training metrics."""
+def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, console: Console | None = None,
+          force: bool = False) -> TrainResult:
+    """Train the recipe's adapter into a new run directory and return it with the training metrics.
+
+    Unless `force`, the run is planned first and stops (WontFitError) before anything is loaded
+    when it will not fit this machine's device (peftkit.plan.guard).
+    """
     import torch
     from transformers.trainer_callback import PrinterCallback
 
@@ -45,6 +50,10 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     console = console or Console(stderr=True)
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
+    if not force:
+        from peftkit.plan.guard import check_fits
+
+        check_fits(recipe, console)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     run_dir = new_run_dir(recipe)

@@ -1,0 +1,123 @@
+"""The memory plan: LoRA counts r·(d+k) equal peft's, NF4 bytes equal bitsandbytes', traced
+activations equal the real saved tensors, and the totals move the right way."""
+
+import pytest
+import torch
+
+from peftkit.plan.activations import AdapterShape, trace_activations
+from peftkit.plan.architecture import load_architecture
+from peftkit.plan.memory import (ServePlanSpec, TrainPlanSpec, adapter_targets, lora_params, nf4_bytes,
+                                 plan_serving, plan_training)
+
+
+@pytest.mark.parametrize("targets", ["all-linear", "attention", ["q_proj", "down_proj"]])
+def test_lora_count_is_r_times_d_plus_k_and_equals_peft(tiny_llama_dir, targets):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from peftkit.methods.lora import resolve_targets
+    from peftkit.recipe import LoraSpec
+
+    arch = load_architecture(str(tiny_llama_dir))
+    names = adapter_targets(arch, "lora", 8, targets)
+    shapes = arch.linear_shapes()
+    ours = lora_params(shapes, names, 8)
+    assert ours == sum(8 * (shapes[n][0] + shapes[n][1]) for n in names)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    resolved = resolve_targets(model, LoraSpec(target_modules=targets))
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=resolved))
+    trainable, _ = peft_model.get_nb_trainable_parameters()
+    assert ours == trainable
+    assert 2 * ours != trainable  # the doubled count some write-ups give is wrong
+    spec = TrainPlanSpec(model=str(tiny_llama_dir), method="lora", rank=8, targets=targets, device="cpu")
+    assert plan_training(spec).params["trainable"] == trainable
+
+
+def test_classifier_trainable_count_includes_the_head_like_peft(tiny_bert_dir):
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=5)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type=TaskType.SEQ_CLS))
+    spec = TrainPlanSpec(model=str(tiny_bert_dir), num_labels=5, method="lora", rank=4, device="cpu", dtype="float32")
+    assert plan_training(spec).params["trainable"] == peft_model.get_nb_trainable_parameters()[0]
+    dora = plan_training(spec.model_copy(update={"method": "dora"})).params["trainable"]
+    peft_dora = get_peft_model(AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=5),
+                               LoraConfig(r=4, target_modules="all-linear", task_type=TaskType.SEQ_CLS, use_dora=True))
+    assert dora == peft_dora.get_nb_trainable_parameters()[0]
+
+
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_nf4_bytes_equal_bitsandbytes(double_quant):
+    bnbf = pytest.importorskip("bitsandbytes.functional")
+    weight = torch.randn(1536, 576)
+    packed, state = bnbf.quantize_4bit(weight, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+    held = [packed, state.absmax, state.code]  # what a Linear4bit keeps in memory
+    if double_quant:
+        held += [state.offset, state.state2.absmax, state.state2.code]
+    stored = sum(t.numel() * t.element_size() for t in held)
+    assert nf4_bytes(weight.numel(), double_quant) == stored
+
+
+def test_traced_activations_equal_the_real_saved_tensors(tiny_llama_dir):
+    """The meta-device trace (with the fused-attention stand-in) saves what real CPU training saves."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    arch = load_architecture(str(tiny_llama_dir))
+    for kind in ("full", "lora"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+        if kind == "lora":
+            model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.1))
+        model.train()
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        saved = {}
+
+        def pack(t):
+            s = t.untyped_storage()
+            if s.data_ptr() not in params:
+                saved.setdefault(s.data_ptr(), s.nbytes())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(input_ids=torch.randint(3, 1000, (2, 48)))
+        trace = trace_activations(arch, AdapterShape(kind, 8, "all-linear", 0.1), 2, 48, "float32", "cpu")
+        assert trace.saved_bytes(False) == sum(saved.values()), kind
+
+
+def test_memory_grows_with_batch_and_sequence_and_shrinks_with_the_cheaper_choices():
+    base = TrainPlanSpec(model="qwen2.5-0.5b", method="lora", batch=2, seq=512)
+    peak = lambda **u: plan_training(base.model_copy(update=u)).peak_bytes  # noqa: E731
+    assert peak(batch=1) < peak(batch=2) < peak(batch=4)
+    assert peak(seq=256) < peak(seq=512) < peak(seq=1024)
+    assert peak(gradient_checkpointing=True) < peak()
+    assert peak(method="qlora") < peak() < peak(method="full")
+    full = base.model_copy(update={"method": "full"})
+    assert plan_training(full.model_copy(update={"optimizer": "adamw-8bit"})).peak_bytes < plan_training(full).peak_bytes
+    assert plan_training(full.model_copy(update={"objective": "dpo"})).peak_bytes > plan_training(full).peak_bytes
+    eager = plan_training(base.model_copy(update={"attention": "eager"})).components["activations"]
+    assert eager > plan_training(base).components["activations"]  # eager keeps batch × heads × seq² probabilities
+
+
+def test_qlora_weights_are_about_a_quarter_of_bf16():
+    lora = plan_training(TrainPlanSpec(model="llama-2-7b", method="lora"))
+    qlora = plan_training(TrainPlanSpec(model="llama-2-7b", method="qlora"))
+    assert qlora.params["quantized"] > 0.95 * qlora.params["total"]
+    ratio = sum(qlora.weights.values()) / sum(lora.weights.values())
+    assert 0.26 < ratio < 0.30  # 4.127 bits vs 16 per quantized weight, the rest (embeddings, head) in bf16
+
+
+def test_serving_kv_cache_per_token():
+    plan = plan_serving(ServePlanSpec(model="llama-3.1-8b", context=8192, concurrent=4, adapters=2))
+    assert plan.params["kv_bytes_per_token"] == 2 * 32 * 8 * 128 * 2  # K and V, layers, kv heads, head dim, bf16
+    assert plan.components["KV cache"] == plan.params["kv_bytes_per_token"] * 8192 * 4
+
+
+def test_matches_a_published_gpu_measurement():
+    """LitGPT's resource table: Llama-2-7B, LoRA r=8 on q,v, bf16, micro-batch 1, longest Alpaca example
+    1,304 tokens, A100: max_memory_allocated 21.30 GB (benchmarks/plan_vs_published.py has the rest)."""
+    from peftkit.plan.memory import RUNTIME_BYTES
+
+    plan = plan_training(TrainPlanSpec(model="llama-2-7b", rank=8, targets=["q_proj", "v_proj"], batch=1, seq=1304))
+    assert plan.params["trainable"] == 4_194_304  # the table's trainable parameter count
+    assert abs((plan.peak_bytes - RUNTIME_BYTES["cuda"]) / 21.30e9 - 1) < 0.05
