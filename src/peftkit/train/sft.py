@@ -80,6 +80,7 @@ def build_sft_trainer(
     plan: SpeedPlan | None = None,
     console: Console | None = None,
 ):
+    import torch
     from trl import SFTConfig
 
     plan = plan or plan_speed(recipe.train, "causal-lm", getattr(model, "config", None), recipe.data.max_length)
@@ -90,6 +91,10 @@ def build_sft_trainer(
     if plan.packing == "padding_free":
         # Length grouping only reduces padding, and padding-free rows have none: keep the order random.
         kwargs["train_sampling_strategy"] = "random"
+    if plan.packing != "off":
+        # Rows without padding have no attention mask; the Trainer's "non_padding" count would then drop
+        # every token equal to the pad token (SmolLM2 pads with <|im_end|>, which ends every turn).
+        kwargs["include_num_input_tokens_seen"] = "all"
     args = SFTConfig(
         **kwargs,
         # The ids are already truncated to data.max_length; bfd packing fills rows of max_length.
@@ -112,4 +117,9 @@ def build_sft_trainer(
         callbacks=callbacks,
     )
     trainer.loss_chunk = plan.loss_chunk
+    # trl casts a 4-bit model's LoRA weights to bf16 in __init__; the plan keeps trainable weights (and so
+    # the optimizer states, created at train()) in fp32.
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
     return trainer
