@@ -117,6 +117,16 @@ class TrainSpec(Spec):
         512, gt=0, description="Positions per chunk of the LM head + cross-entropy (bounds the logits held at once)."
     )
 
+    @field_validator("packing", "compile", "gradient_checkpointing", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any, info) -> Any:
+        # YAML 1.1 reads a bare `on` / `off` as true / false
+        if isinstance(v, bool):
+            if info.field_name == "packing":
+                return "padding_free" if v else "off"
+            return "on" if v else "off"
+        return v
+
 
 class EvalSpec(Spec):
     max_examples: int | None = Field(None, gt=0, description="Score at most this many test examples.")

@@ -71,3 +71,10 @@ def test_tiny_sft_run_logs_its_path(precision, tiny_llama_dir, runs_dir):
     saved = load_file(result.run_dir / "adapter" / "adapter_model.safetensors")
     assert {t.dtype for t in saved.values()} == {torch.float32}
     assert json.loads((result.run_dir / "metrics.json").read_text())["train"]["speed"]["precision"] == precision
+
+
+def test_yaml_on_off_reads_as_the_named_choice():
+    from peftkit.recipe import load_recipe
+
+    recipe = load_recipe("chatterbot-sft", ["train.compile=on", "train.gradient_checkpointing=off", "train.packing=off"])
+    assert (recipe.train.compile, recipe.train.gradient_checkpointing, recipe.train.packing) == ("on", "off", "off")
