@@ -12,7 +12,8 @@ optimizer steps, lr 2e-4, seed 42, 2 threads:
       (activation checkpointing on, its fused LM head over every position, entropy/accuracy metrics);
   (b) the same with `bf16=True` (plus `use_cpu=True`, which transformers requires for bf16 on CPU)
       and `packing=True`: the best a user can switch on by hand;
-  (c) `peftkit.train()` with the recipe's defaults for speed (`train.precision/packing/...: auto`).
+  (c) `peftkit.train()` with the recipe's defaults for speed (`train.precision/packing/...: auto`);
+  (d) the same with `train.gradient_checkpointing=on` (the low-memory setting).
 Each reports real (non-padding) tokens per second of training, seconds per optimizer step, peak
 resident memory of its process up to the end of training, and the eval loss after training: the
 mean next-token cross-entropy over the answer tokens of the validation split, computed the same
@@ -36,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = {
-    "sft": ["a_stock_fp32", "b_stock_bf16_packing", "c_peftkit"],
+    "sft": ["a_stock_fp32", "b_stock_bf16_packing", "c_peftkit", "d_peftkit_checkpointing"],
     "classify": ["stock_fp32", "peftkit"],
     "qlora": ["stock_qlora", "peftkit_qlora"],
 }
@@ -44,6 +45,7 @@ LABELS = {
     "a_stock_fp32": "(a) stock trl+peft, fp32",
     "b_stock_bf16_packing": "(b) stock + bf16 + packing",
     "c_peftkit": "(c) peftkit default",
+    "d_peftkit_checkpointing": "(d) peftkit, gradient_checkpointing=on",
     "stock_fp32": "stock Trainer+peft, fp32",
     "peftkit": "peftkit default",
     "stock_qlora": "stock QLoRA (nf4, bf16 compute)",
@@ -195,7 +197,7 @@ def sft_eval_loss_quantized(model, tokenizer, pairs):
     return sft_eval_loss(model, tokenizer, pairs)
 
 
-def peftkit_sft(args, work: Path) -> dict:
+def peftkit_sft(args, work: Path, overrides: dict | None = None) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -203,6 +205,7 @@ def peftkit_sft(args, work: Path) -> dict:
     from peftkit.catalog.models import resolve_model
 
     recipe_dict = sft_recipe(args, work)
+    recipe_dict["train"].update(overrides or {})
     recipe, prep = prepared(recipe_dict, work)  # the same split peftkit.train makes (checked below)
     result = peftkit.train(recipe)
     m = result.metrics
@@ -303,6 +306,7 @@ CHILDREN = {
     "a_stock_fp32": lambda a, w: stock_sft(a, w, bf16=False, packing=False),
     "b_stock_bf16_packing": lambda a, w: stock_sft(a, w, bf16=True, packing=True),
     "c_peftkit": peftkit_sft,
+    "d_peftkit_checkpointing": lambda a, w: peftkit_sft(a, w, {"gradient_checkpointing": "on"}),
     "stock_fp32": stock_classify,
     "peftkit": peftkit_classify,
     "stock_qlora": lambda a, w: stock_sft(a, w, bf16=False, packing=False, quantized=True),
@@ -368,8 +372,8 @@ def main() -> None:
         table.add_row(LABELS[name], f"{r['tokens']:,}", f"{r['tokens_per_second']:.0f}", f"{r['seconds_per_step']:.2f}",
                       f"{r['peak_rss_gib']:.2f}", f"{r['eval_loss']:.4f}{extra}")
     console.print(table)
-    ours = names[-1]
-    for base in names[:-1]:
+    stock = [n for n in names if n.startswith(("a_", "b_", "stock"))]
+    for ours, base in [(o, b) for o in names if o not in stock for b in stock]:
         a, c = results[base], results[ours]
         console.print(
             f"{LABELS[ours]} / {LABELS[base]}: tokens/s [bold]{c['tokens_per_second'] / a['tokens_per_second']:.2f}x[/bold], "
