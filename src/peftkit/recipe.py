@@ -150,6 +150,42 @@ class TrainSpec(Spec):
     log_every: int = Field(5, gt=0, description="Log the training loss every N steps.")
     seed: int = 42
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's choice.")
+    # Speed and memory (issue 7). `auto` picks per device and the run log says what was chosen and why.
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="auto: bf16 where the hardware does it fast (CUDA bf16, CPU avx512_bf16/AMX), else fp32. "
+        "bf16 stores the frozen base weights in bf16 while training, keeps LoRA weights and optimizer "
+        "states in fp32, and computes under autocast. The saved adapter is fp32 either way.",
+    )
+    packing: Literal["auto", "padding_free", "bfd", "off"] = Field(
+        "auto",
+        description="padding_free: each batch's examples are laid end to end in one row with per-sequence "
+        "position ids (no padding, no cross-attention between them); bfd: trl's best-fit packing into rows "
+        "of max_length (more examples per step); off: padded batches grouped by length. "
+        "auto: padding_free for causal LMs, off for classifiers.",
+    )
+    attention: Literal["auto", "sdpa", "eager"] = Field(
+        "auto", description="Attention kernel; auto: the faster one measured for the device (benchmarks/train_bench.py)."
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the decoder; auto: off (measured slower over short CPU runs)."
+    )
+    gradient_checkpointing: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: on only when the estimated activations would not fit in half the free memory."
+    )
+    loss_chunk: int = Field(
+        512, gt=0, description="Positions per chunk of the LM head + cross-entropy (bounds the logits held at once)."
+    )
+
+    @field_validator("packing", "compile", "gradient_checkpointing", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any, info) -> Any:
+        # YAML 1.1 reads a bare `on` / `off` as true / false
+        if isinstance(v, bool):
+            if info.field_name == "packing":
+                return "padding_free" if v else "off"
+            return "on" if v else "off"
+        return v
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
 
 

@@ -1,4 +1,8 @@
-"""Sequence classification with the transformers Trainer: text → label id, cross-entropy loss."""
+"""Sequence classification with the transformers Trainer: text → label id, cross-entropy loss.
+
+Texts are tokenised once and cached in RUN/data/tokens/ (`train.tokens`); batches are padded
+per batch and grouped by length; the run's speed plan (`train.speed`) sets bf16 autocast.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 from peftkit.data.prepare import PreparedData, read_split
 from peftkit.recipe import Recipe
 from peftkit.train.common import trainer_kwargs
+from peftkit.train.speed import SpeedPlan, plan_speed
 
 
 def tokenize_for_classification(rows: list[dict], tokenizer, labels: list[str], max_length: int):
@@ -18,15 +23,29 @@ def tokenize_for_classification(rows: list[dict], tokenizer, labels: list[str], 
     return Dataset.from_dict({**enc, "labels": [label2id[r["label"]] for r in rows]})
 
 
-def build_classify_trainer(model, tokenizer, recipe: Recipe, prepared: PreparedData, run_dir: Path, callbacks: list):
+def build_classify_trainer(
+    model, tokenizer, recipe: Recipe, prepared: PreparedData, run_dir: Path, callbacks: list, plan: SpeedPlan | None = None
+):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from peftkit.train.tokens import cache_key, cached_tokens
+
+    plan = plan or plan_speed(recipe.train, "sequence-classification", getattr(model, "config", None), recipe.data.max_length)
 
     def as_dataset(split: str):
         rows = read_split(prepared.data_dir, split)
-        return tokenize_for_classification(rows, tokenizer, prepared.labels, recipe.data.max_length) if rows else None
+        if not rows:
+            return None
+        key = cache_key(prepared.data_dir / f"{split}.jsonl", tokenizer, max_length=recipe.data.max_length,
+                        labels=prepared.labels, kind="classification")
+        return cached_tokens(
+            prepared.data_dir / "tokens" / split,
+            key,
+            lambda: tokenize_for_classification(rows, tokenizer, prepared.labels, recipe.data.max_length),
+        )
 
     train_ds, val_ds = as_dataset("train"), as_dataset("val")
-    args = TrainingArguments(**trainer_kwargs(recipe.train, run_dir, has_val=val_ds is not None))
+    args = TrainingArguments(**{**trainer_kwargs(recipe.train, run_dir, has_val=val_ds is not None), **plan.trainer_overrides()})
     return Trainer(
         model=model,
         args=args,

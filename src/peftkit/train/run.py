@@ -46,6 +46,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     from peftkit.loading import load_base_model, load_tokenizer
     from peftkit.methods.lora import parameter_counts, wrap_with_lora
     from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
+    from peftkit.train.speed import plan_speed, prepare_model_in_place
 
     console = console or Console(stderr=True)
     if not isinstance(recipe, Recipe):
@@ -72,10 +73,18 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         raise RecipeError(f"model.name: '{builtin.name}' is a {builtin.task} model; a {prepared.task} task needs a {task} model")
 
     t_load = time.perf_counter()
-    base = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed)
+    # Speed plan (precision, packing, attention, compile, checkpointing): resolved before loading so
+    # the frozen base is stored in bf16 from the start on the bf16 path, then again with the model's sizes.
+    plan = plan_speed(recipe.train, task, None, recipe.data.max_length)
+    base = load_base_model(plan.load_spec(recipe.model), prepared.task, prepared.labels, recipe.train.seed)
+    plan = plan_speed(recipe.train, task, base.config, recipe.data.max_length)
     load_seconds = time.perf_counter() - t_load
     base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())  # before LoRA layers are added
     model = wrap_with_lora(base, recipe.method, task)
+    prepare_model_in_place(model, plan)
+    console.print(plan.summary())
+    with (run_dir / "train.log").open("a", encoding="utf-8") as fh:
+        fh.write(plan.summary() + "\n")
     counts = parameter_counts(model)
     console.print(
         f"model: {recipe.model.name} ({counts['total_params'] / 1e6:.1f}M params, loaded in {load_seconds:.1f}s), "
@@ -87,11 +96,11 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     if task == "causal-lm":
         from peftkit.train.sft import build_sft_trainer
 
-        trainer = build_sft_trainer(model, tokenizer, recipe, prepared, run_dir, callbacks)
+        trainer = build_sft_trainer(model, tokenizer, recipe, prepared, run_dir, callbacks, plan, console)
     else:
         from peftkit.train.classify import build_classify_trainer
 
-        trainer = build_classify_trainer(model, tokenizer, recipe, prepared, run_dir, callbacks)
+        trainer = build_classify_trainer(model, tokenizer, recipe, prepared, run_dir, callbacks, plan)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress bar shows them
     output = trainer.train()
     final_eval = trainer.evaluate() if trainer.eval_dataset is not None else {}
@@ -118,6 +127,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         "adapter_bytes": (adapter_dir / "adapter_model.safetensors").stat().st_size,
         "base_model_bytes": base_bytes,
         **peak_memory(),
+        "speed": plan.as_dict(),
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
         "val_history": [{"step": h["step"], "val_loss": h["eval_loss"]} for h in history if "eval_loss" in h],
     }

@@ -1,40 +1,118 @@
 """Causal-LM supervised fine-tuning with trl: chat template applied, loss on assistant tokens only.
 
-Each record becomes a conversational prompt/completion pair (`data.records.to_prompt_completion`);
-trl renders both with the model's chat template and masks the prompt, so the loss covers the
-assistant's answer (and its end-of-turn token) and nothing else.
+Each record becomes a conversational prompt/completion pair (`data.records.to_prompt_completion`),
+tokenised once with the model's chat template into `input_ids` and `labels` (-100 on the prompt)
+and cached in RUN/data/tokens/ (`train.tokens`), so the loss covers the assistant's answer (and its
+end-of-turn token) and nothing else.
+
+The trainer is trl's SFTTrainer with the run's speed plan (`train.speed`): bf16 autocast through
+the Trainer's own flag, trl's padding-free collator (each batch's examples in one row with
+per-sequence position ids) or its bfd packing, and one seam of our own, `compute_loss`: logits only
+at labelled positions, cross-entropy in chunks (`train.loss`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Console
+
 from peftkit.data.prepare import PreparedData, read_split
 from peftkit.data.records import to_prompt_completion
 from peftkit.errors import DataError
 from peftkit.recipe import Recipe
 from peftkit.train.common import trainer_kwargs
+from peftkit.train.speed import SpeedPlan, plan_speed
 
 
-def build_sft_trainer(model, tokenizer, recipe: Recipe, prepared: PreparedData, run_dir: Path, callbacks: list):
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+def _sft_trainer_class():
+    from trl import SFTTrainer
+
+    from peftkit.train.loss import labelled_positions_loss
+
+    class LabelledPositionsSFTTrainer(SFTTrainer):
+        """trl's SFTTrainer whose loss projects only labelled positions through the LM head, in chunks.
+
+        trl's own loss (a fused head over every position, plus entropy and token-accuracy metrics)
+        is used when logits are asked for (`return_outputs=True`).
+        """
+
+        loss_chunk: int = 512
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return labelled_positions_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch, self.loss_chunk)
+
+    return LabelledPositionsSFTTrainer
+
+
+def sft_datasets(tokenizer, recipe: Recipe, prepared: PreparedData, console: Console | None = None) -> dict:
+    """Token datasets (input_ids, labels) of the train and val splits, from RUN/data/tokens/ or built there once."""
+    from peftkit.train.tokens import cache_key, cached_tokens, sft_token_dataset
+
+    out = {}
+    for split in ("train", "val"):
+        rows = read_split(prepared.data_dir, split)
+        if not rows:
+            out[split] = None
+            continue
+        pairs = [to_prompt_completion(r, prepared.task, prepared.instruction) for r in rows]
+        key = cache_key(prepared.data_dir / f"{split}.jsonl", tokenizer, max_length=recipe.data.max_length, kind="sft")
+        ds = cached_tokens(
+            prepared.data_dir / "tokens" / split, key, lambda: sft_token_dataset(pairs, tokenizer, recipe.data.max_length)
+        )
+        if len(ds) < len(pairs) and console is not None:
+            console.print(
+                f"[yellow]data: {len(pairs) - len(ds)} {split} example(s) have no answer token left within "
+                f"data.max_length={recipe.data.max_length}; they carry no loss and are not trained on[/yellow]"
+            )
+        out[split] = ds
+    return out
+
+
+def build_sft_trainer(
+    model,
+    tokenizer,
+    recipe: Recipe,
+    prepared: PreparedData,
+    run_dir: Path,
+    callbacks: list,
+    plan: SpeedPlan | None = None,
+    console: Console | None = None,
+):
+    import torch
+    from trl import SFTConfig
 
     if prepared.task == "preference":
         raise DataError("data.task: preference pairs are prepared and stored for DPO, which `peftkit train` "
                         "does not run yet; use `peftkit data prepare` to check and split them")
-
-    def as_dataset(split: str):
-        rows = [to_prompt_completion(r, prepared.task, prepared.instruction) for r in read_split(prepared.data_dir, split)]
-        return Dataset.from_list(rows) if rows else None
-
-    train_ds, val_ds = as_dataset("train"), as_dataset("val")
+    plan = plan or plan_speed(recipe.train, "causal-lm", getattr(model, "config", None), recipe.data.max_length)
+    data = sft_datasets(tokenizer, recipe, prepared, console)
+    train_ds, val_ds = data["train"], data["val"]
+    kwargs = trainer_kwargs(recipe.train, run_dir, has_val=val_ds is not None)
+    kwargs.update(plan.trainer_overrides())
+    if plan.packing == "padding_free":
+        # Length grouping only reduces padding, and padding-free rows have none: keep the order random.
+        kwargs["train_sampling_strategy"] = "random"
+    if plan.packing != "off":
+        # Rows without padding have no attention mask; the Trainer's "non_padding" count would then drop
+        # every token equal to the pad token (SmolLM2 pads with <|im_end|>, which ends every turn).
+        kwargs["include_num_input_tokens_seen"] = "all"
     args = SFTConfig(
-        **trainer_kwargs(recipe.train, run_dir, has_val=val_ds is not None),
-        max_length=recipe.data.max_length,
+        **kwargs,
+        # The ids are already truncated to data.max_length; bfd packing fills rows of max_length.
+        max_length=recipe.data.max_length if plan.packing != "padding_free" else None,
+        padding_free=plan.packing == "padding_free",
+        packing=plan.packing == "bfd",
         completion_only_loss=True,
+        prediction_loss_only=True,  # eval needs the loss only, not full logits
     )
-    return SFTTrainer(
+    if plan.labelled_positions_loss:
+        trainer_cls = _sft_trainer_class()
+    else:
+        from trl import SFTTrainer as trainer_cls
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -42,3 +120,10 @@ def build_sft_trainer(model, tokenizer, recipe: Recipe, prepared: PreparedData, 
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    trainer.loss_chunk = plan.loss_chunk
+    # trl casts a 4-bit model's LoRA weights to bf16 in __init__; the plan keeps trainable weights (and so
+    # the optimizer states, created at train()) in fp32.
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return trainer

@@ -1,0 +1,98 @@
+"""Causal-LM loss with logits only where a label is, computed in chunks.
+
+    loss = labelled_positions_loss(model, batch, num_items_in_batch=None, chunk=512)
+
+The stock path projects every position (prompt, padding and answer alike) through the LM head,
+a [tokens, 49,152] fp32 tensor for SmolLM2, keeps it and its gradient, and only then masks the
+loss to the answer. Here the backbone's hidden states are gathered at the positions whose next
+token carries a label (the answer, ~30% of chatterbot's tokens) and the LM head + cross-entropy
+run over them `chunk` positions at a time under activation checkpointing, so at most one chunk
+of logits exists at once, in the forward pass and in the backward pass.
+
+On CUDA with `liger-kernel` installed, Liger's fused linear cross-entropy does the same in one
+kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+BACKBONE_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def _ce_sum(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of one chunk: hidden [n, H] @ weight.T [H, V] → logits [n, V] (fp32 for the softmax)."""
+    logits = F.linear(hidden, weight, bias).float()
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, chunk: int = 512
+) -> torch.Tensor:
+    """Sum over positions of CE(hidden @ weight.T + bias, targets), never holding more than `chunk` rows of logits.
+
+    Args:
+        hidden: [N, H] hidden states at the positions that carry a label.
+        weight: [V, H] LM-head weight (bias [V] or None).
+        targets: [N] next-token ids.
+    Returns:
+        A scalar fp32 tensor (the sum, not the mean).
+    """
+    if hidden.is_cuda:
+        liger = _liger_loss()
+        if liger is not None:
+            return liger(weight, hidden, targets, bias)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    if hidden.shape[0] == 0:
+        return total + hidden.sum() * 0.0  # keeps the graph connected: a batch without labels backpropagates zeros
+    for start in range(0, hidden.shape[0], chunk):
+        part = slice(start, start + chunk)
+        # Recomputed in backward: the chunk's logits are freed as soon as its loss is known.
+        total = total + checkpoint(_ce_sum, hidden[part], weight, bias, targets[part], use_reentrant=False)
+    return total
+
+
+def _liger_loss():
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+
+def supports_labelled_positions_loss(model) -> bool:
+    """True when the model exposes a decoder and an output embedding (transformers causal LMs do)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return base.get_decoder() is not None and base.get_output_embeddings() is not None
+    except (AttributeError, NotImplementedError):
+        return False
+
+
+def labelled_positions_loss(
+    model, inputs: dict[str, torch.Tensor], num_items_in_batch: int | torch.Tensor | None = None, chunk: int = 512
+) -> torch.Tensor:
+    """Next-token cross-entropy over the positions whose label is not -100, logits computed only there.
+
+    Args:
+        model: a transformers causal LM, or a PeftModel around one (LoRA layers live inside its modules).
+        inputs: input_ids [B, T], labels [B, T], and attention_mask or position_ids (padding-free rows).
+        num_items_in_batch: labelled tokens in the whole optimizer step (the Trainer passes it so that
+            gradient accumulation averages over tokens, not micro-batches); default: this batch's count.
+    Returns:
+        The mean loss per labelled token (a scalar).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    backbone_inputs = {k: inputs[k] for k in BACKBONE_INPUTS if inputs.get(k) is not None}
+    # use_cache=False: with a cache object the mask builder ignores packed position_ids and lets packed
+    # sequences attend to each other.
+    hidden = base.get_decoder()(**backbone_inputs, use_cache=False).last_hidden_state  # [B, T, H]
+    targets = inputs["labels"][:, 1:]  # [B, T-1]: position t predicts token t+1
+    mask = targets != IGNORE_INDEX
+    total = chunked_cross_entropy(hidden[:, :-1][mask], head.weight, head.bias, targets[mask], chunk)
+    count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    return total / count

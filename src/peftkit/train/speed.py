@@ -1,0 +1,165 @@
+"""The training fast path: which precision, packing, attention kernel, compile and checkpointing a run uses.
+
+    plan = plan_speed(recipe.train, task="causal-lm", model_config=config)
+    console.print(plan.summary())          # also written to the run log and metrics.json
+    model_spec = plan.load_spec(recipe.model)   # bf16 storage of the frozen base while training
+    ...
+    prepare_model_in_place(model, plan)    # LoRA weights fp32, attention kernel, compile
+
+Every `auto` choice is made here from what the hardware reports and from measurements
+(benchmarks/train_bench.py), and each comes with its reason, so the run log says which path was
+taken and why. A recipe can force any of them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+from peftkit.recipe import ModelSpec, TrainSpec
+from peftkit.train.precision import PrecisionChoice, resolve_precision
+
+# Measured on the 2-core AVX-512/AMX CPU (CPU seconds per SmolLM2 LoRA step, batch 8 chatterbot,
+# bf16, padding-free, see benchmarks/train_bench.py --probe): eager and SDPA within noise of each
+# other, SDPA uses less memory because it never materialises the [T, T] attention weights.
+AUTO_ATTENTION = {"cpu": "sdpa", "cuda": "sdpa"}
+# torch.compile: on CPU the first steps compile for minutes and padding-free rows change length
+# every step (recompiles or dynamic shapes), which cost more than it saved over a few hundred steps.
+# Not measured on CUDA in this project (no GPU), so auto stays off there too.
+AUTO_COMPILE = {"cpu": False, "cuda": False}
+
+
+@dataclass(frozen=True)
+class SpeedPlan:
+    device: str
+    precision: str  # bf16 | fp32
+    precision_reason: str
+    packing: str  # padding_free | bfd | off
+    attention: str  # sdpa | eager
+    compile: bool
+    gradient_checkpointing: bool
+    checkpointing_reason: str
+    labelled_positions_loss: bool  # LM head only where a label is, chunked CE
+    loss_chunk: int
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
+
+    def summary(self) -> str:
+        """One line for the console and the run log."""
+        return (
+            f"speed: {self.precision} on {self.device} ({self.precision_reason}); packing {self.packing}; "
+            f"attention {self.attention}; compile {'on' if self.compile else 'off'}; "
+            f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'} ({self.checkpointing_reason}); "
+            f"loss {'at labelled positions, chunks of ' + str(self.loss_chunk) if self.labelled_positions_loss else 'full logits'}"
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def load_spec(self, spec: ModelSpec) -> ModelSpec:
+        """The ModelSpec to load the base with for training: bf16 storage on the bf16 path.
+
+        Only training changes: eval and merge load `model.dtype` as the recipe says (merge parity is
+        checked in that dtype), and the adapter is saved in fp32 either way.
+        """
+        if self.bf16 and spec.dtype == "float32":
+            return spec.model_copy(update={"dtype": "bfloat16"})
+        return spec
+
+    def trainer_overrides(self) -> dict:
+        """TrainingArguments fields for this plan (autocast through the Trainer's own bf16 flag)."""
+        return {
+            "bf16": self.bf16,
+            "use_cpu": self.device == "cpu",  # transformers refuses bf16 on CPU without it
+            "activation_checkpointing": self.gradient_checkpointing,
+        }
+
+
+def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 512, device: str | None = None) -> SpeedPlan:
+    """Resolve the recipe's speed fields (`auto` or forced) into a concrete plan for this machine.
+
+    Args:
+        task: "causal-lm" or "sequence-classification".
+        model_config: the base model's transformers config (sizes for the activation estimate).
+        max_length: the recipe's data.max_length.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision: PrecisionChoice = resolve_precision(spec.precision, device)
+    causal = task == "causal-lm"
+    packing = spec.packing if spec.packing != "auto" else ("padding_free" if causal else "off")
+    if not causal:
+        packing = "off"  # encoders here take padded batches; packed position ids are a decoder feature
+    attention = spec.attention if spec.attention != "auto" else AUTO_ATTENTION[device]
+    compile_on = spec.compile == "on" or (spec.compile == "auto" and AUTO_COMPILE[device])
+    tokens = spec.batch_size * max_length
+    gc_on, gc_reason = _checkpointing(spec.gradient_checkpointing, model_config, tokens, precision.name, device)
+    return SpeedPlan(
+        device=device,
+        precision=precision.name,
+        precision_reason=precision.reason,
+        packing=packing,
+        attention=attention,
+        compile=compile_on,
+        gradient_checkpointing=gc_on,
+        checkpointing_reason=gc_reason,
+        labelled_positions_loss=causal,
+        loss_chunk=spec.loss_chunk,
+    )
+
+
+def activation_bytes(model_config, tokens: int, precision: str) -> int:
+    """Rough bytes of activations kept for backward in one micro-batch of `tokens` tokens.
+
+    Per layer and token a transformer block keeps about 16 hidden-sized tensors and 3
+    intermediate-sized ones (norms, q/k/v/o inputs and outputs, MLP gate/up/act); the chunked loss
+    keeps no logits.
+    """
+    hidden = getattr(model_config, "hidden_size", 768)
+    inter = getattr(model_config, "intermediate_size", 4 * hidden)
+    layers = getattr(model_config, "num_hidden_layers", 12)
+    width = 2 if precision == "bf16" else 4
+    return tokens * layers * (16 * hidden + 3 * inter) * width
+
+
+def free_memory_bytes(device: str) -> int:
+    """Memory available to this process now: free CUDA memory, or MemAvailable on Linux."""
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    try:
+        import psutil
+
+        return psutil.virtual_memory().available
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _checkpointing(requested: str, model_config, tokens: int, precision: str, device: str) -> tuple[bool, str]:
+    if requested != "auto":
+        return requested == "on", "recipe"
+    if model_config is None:
+        return False, "auto: model size unknown"
+    need, free = activation_bytes(model_config, tokens, precision), free_memory_bytes(device)
+    gib = 1024**3
+    verdict = need > free / 2
+    return verdict, f"auto: activations ~{need / gib:.1f} GiB vs {free / gib:.1f} GiB free"
+
+
+def prepare_model_in_place(model, plan: SpeedPlan) -> None:
+    """Make trainable parameters fp32 (optimizer states follow), set the attention kernel, compile if planned.
+
+    peft already keeps LoRA A/B in fp32 over a bf16 base; a classifier's fully trained head is a copy
+    of a base module and would otherwise stay bf16.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "_attn_implementation", None) != plan.attention:
+        base.set_attn_implementation(plan.attention)
+    if plan.compile:
+        decoder = base.get_decoder() if hasattr(base, "get_decoder") else base
+        decoder.compile(dynamic=True)
