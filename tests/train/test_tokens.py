@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from peftkit.train.tokens import cache_key, cached_tokens, sft_token_dataset
 
 PAIRS = [
@@ -14,18 +16,25 @@ PAIRS = [
      "completion": [{"role": "assistant", "content": "Fine, thanks."}]},
 ]
 
+# Plain-text prompt/completion records (the `completion` task): tokenised as text, EOS appended.
+TEXT_PAIRS = [
+    {"prompt": "Translate to French: cat\n", "completion": "chat"},
+    {"prompt": "Q: 2 + 2?\nA:", "completion": " 4"},
+]
 
-def test_sft_ids_and_labels_equal_trls_preparation(tiny_llama_dir, tmp_path):
+
+@pytest.mark.parametrize("pairs", [PAIRS, TEXT_PAIRS], ids=["conversational", "plain-text"])
+def test_sft_ids_and_labels_equal_trls_preparation(tiny_llama_dir, tmp_path, pairs):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    ours = sft_token_dataset(PAIRS, tokenizer, max_length=64)
+    ours = sft_token_dataset(pairs, tokenizer, max_length=64)
     args = SFTConfig(output_dir=str(tmp_path), max_length=64, completion_only_loss=True, report_to="none",
                      bf16=False, use_cpu=True, activation_checkpointing=False)
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_llama_dir), args=args,
-                         train_dataset=Dataset.from_list(PAIRS), processing_class=tokenizer)
+                         train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
     theirs = trainer.train_dataset
     assert ours["input_ids"] == theirs["input_ids"]
     assert ours["labels"] == theirs["labels"]

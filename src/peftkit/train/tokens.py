@@ -56,11 +56,21 @@ def _common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
-def sft_example_ids(tokenizer, prompt: list[dict], completion: list[dict], max_length: int | None) -> dict | None:
-    """input_ids and labels (-100 outside the completion) of one conversational example, truncated to
-    max_length (keeping the start); None when truncation leaves no labelled token."""
-    prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
-    ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+def sft_example_ids(tokenizer, prompt: list[dict] | str, completion: list[dict] | str, max_length: int | None) -> dict | None:
+    """input_ids and labels (-100 outside the completion) of one example, truncated to max_length
+    (keeping the start); None when truncation leaves no labelled token.
+
+    A conversational pair (lists of messages) is rendered with the chat template; a plain-text pair
+    (completion records) is tokenised as text with the EOS token appended to the completion, as trl does.
+    """
+    if isinstance(prompt, str):
+        if not completion.endswith(tokenizer.eos_token):
+            completion = completion + tokenizer.eos_token
+        prompt_ids = tokenizer(text=prompt)["input_ids"]
+        ids = tokenizer(text=prompt + completion)["input_ids"]
+    else:
+        prompt_ids = tokenizer.apply_chat_template(prompt, tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
     start = _common_prefix_length(prompt_ids, ids)
     labels = [IGNORE_INDEX] * start + ids[start:]
     if max_length is not None:
