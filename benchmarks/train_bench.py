@@ -13,7 +13,7 @@ optimizer steps, lr 2e-4, seed 42, 2 threads:
   (b) the same with `bf16=True` (plus `use_cpu=True`, which transformers requires for bf16 on CPU)
       and `packing=True`: the best a user can switch on by hand;
   (c) `peftkit.train()` with the recipe's defaults for speed (`train.precision/packing/...: auto`);
-  (d) the same with `train.gradient_checkpointing=on` (the low-memory setting).
+  (d) optional (`--configs`): the same with `train.gradient_checkpointing=on` (not timed to completion yet).
 Each reports real (non-padding) tokens per second of training, seconds per optimizer step, peak
 resident memory of its process up to the end of training, and the eval loss after training: the
 mean next-token cross-entropy over the answer tokens of the validation split, computed the same
@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = {
-    "sft": ["a_stock_fp32", "b_stock_bf16_packing", "c_peftkit", "d_peftkit_checkpointing"],
+    "sft": ["a_stock_fp32", "b_stock_bf16_packing", "c_peftkit"],  # --configs ...,d_peftkit_checkpointing adds (d)
     "classify": ["stock_fp32", "peftkit"],
     "qlora": ["stock_qlora", "peftkit_qlora"],
 }
