@@ -165,10 +165,10 @@ class TrainSpec(Spec):
         "auto: padding_free for causal LMs, off for classifiers.",
     )
     attention: Literal["auto", "sdpa", "eager"] = Field(
-        "auto", description="Attention kernel; auto: the faster one measured for the device (benchmarks/train_bench.py)."
+        "auto", description="Attention kernel; auto: sdpa (less memory than eager, keeps packed sequences apart)."
     )
     compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the decoder; auto: off (measured slower over short CPU runs)."
+        "auto", description="torch.compile the decoder; auto: off (padding-free rows change shape every step; not yet measured to pay back)."
     )
     gradient_checkpointing: Literal["auto", "on", "off"] = Field(
         "auto", description="auto: on only when the estimated activations would not fit in half the free memory."

@@ -21,13 +21,14 @@ import torch
 from peftkit.recipe import ModelSpec, TrainSpec
 from peftkit.train.precision import PrecisionChoice, resolve_precision
 
-# Measured on the 2-core AVX-512/AMX CPU (CPU seconds per SmolLM2 LoRA step, batch 8 chatterbot,
-# bf16, padding-free, see benchmarks/train_bench.py --probe): eager and SDPA within noise of each
-# other, SDPA uses less memory because it never materialises the [T, T] attention weights.
+# Attention: SDPA by default. It never materialises the [T, T] attention weights (less memory than
+# eager) and supports padding-free rows with per-sequence position ids (tests/train check both kernels
+# keep packed sequences apart). SDPA vs eager speed on this CPU is NOT yet measured:
+# benchmarks/attention_compile_probe.py times it; run it before changing this table.
 AUTO_ATTENTION = {"cpu": "sdpa", "cuda": "sdpa"}
-# torch.compile: on CPU the first steps compile for minutes and padding-free rows change length
-# every step (recompiles or dynamic shapes), which cost more than it saved over a few hundred steps.
-# Not measured on CUDA in this project (no GPU), so auto stays off there too.
+# torch.compile: off by default. Padding-free rows change length every step (recompiles or dynamic
+# shapes) and the first steps compile for minutes on CPU; whether it pays back over a run is NOT yet
+# measured here (benchmarks/attention_compile_probe.py), nor on CUDA (no GPU in this project so far).
 AUTO_COMPILE = {"cpu": False, "cuda": False}
 
 
