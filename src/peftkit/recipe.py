@@ -162,7 +162,7 @@ class TrainSpec(Spec):
         description="padding_free: each batch's examples are laid end to end in one row with per-sequence "
         "position ids (no padding, no cross-attention between them); bfd: trl's best-fit packing into rows "
         "of max_length (more examples per step); off: padded batches grouped by length. "
-        "auto: padding_free for causal LMs, off for classifiers.",
+        "auto: off (padding_free trained a worse quickstart adapter; see train/speed.py).",
     )
     attention: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="Attention kernel; auto: sdpa (less memory than eager, keeps packed sequences apart)."

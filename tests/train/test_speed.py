@@ -13,7 +13,7 @@ from peftkit.train.speed import plan_speed, prepare_model_in_place
 
 def test_auto_plan_per_task():
     causal = plan_speed(TrainSpec(), "causal-lm")
-    assert causal.packing == "padding_free" and causal.labelled_positions_loss
+    assert causal.packing == "off" and causal.labelled_positions_loss
     classify = plan_speed(TrainSpec(packing="padding_free"), "sequence-classification")
     assert classify.packing == "off" and not classify.labelled_positions_loss
     forced = plan_speed(TrainSpec(precision="fp32", packing="bfd", attention="eager", compile="on"), "causal-lm")
@@ -62,7 +62,7 @@ def test_tiny_sft_run_logs_its_path(precision, tiny_llama_dir, runs_dir):
         f"model.name={tiny_llama_dir}", "data.size=40", "train.max_steps=2", "train.batch_size=4",
         f"train.precision={precision}", f"output.runs_dir={runs_dir}", "output.run_id=r", "output.mlflow=false"])
     plan = result.metrics["speed"]
-    assert plan["precision"] == precision and plan["packing"] == "padding_free"
+    assert plan["precision"] == precision and plan["packing"] == "off"
     assert f"speed: {precision}" in (result.run_dir / "train.log").read_text()
     assert result.metrics["train_loss"] > 0 and result.metrics["val_loss"] > 0
     assert (result.run_dir / "data" / "tokens" / "train" / "peftkit_tokens.json").is_file()
