@@ -71,20 +71,21 @@ DEFAULTS = {"rank": 16, "targets": "all-linear", "dropout": 0.05, "optimizer": "
 
 
 # ---------------------------------------------------------------- worker: one measured run ----
-def _rss() -> int:
+def _status_bytes(field: str) -> int:
+    """A memory line of /proc/self/status (VmRSS: now, VmHWM: peak since the last reset) in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _rss() -> int:
+    return _status_bytes("VmRSS")
 
 
 def _hwm() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return _status_bytes("VmHWM")
 
 
 def _settle() -> None:

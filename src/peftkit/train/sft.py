@@ -22,7 +22,7 @@ from peftkit.data.records import to_prompt_completion
 from peftkit.errors import DataError
 from peftkit.recipe import Recipe
 from peftkit.train.common import trainer_kwargs
-from peftkit.train.speed import SpeedPlan, plan_speed
+from peftkit.train.speed import SpeedPlan, keep_trainable_fp32, plan_speed
 
 
 def _sft_trainer_class():
@@ -81,7 +81,6 @@ def build_sft_trainer(
     plan: SpeedPlan | None = None,
     console: Console | None = None,
 ):
-    import torch
     from trl import SFTConfig
 
     if prepared.task == "preference":
@@ -123,7 +122,5 @@ def build_sft_trainer(
     trainer.loss_chunk = plan.loss_chunk
     # trl casts a 4-bit model's LoRA weights to bf16 in __init__; the plan keeps trainable weights (and so
     # the optimizer states, created at train()) in fp32.
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
+    keep_trainable_fp32(model)
     return trainer

@@ -153,15 +153,20 @@ def _checkpointing(requested: str, model_config, tokens: int, precision: str, de
     return verdict, f"auto: activations ~{need / gib:.1f} GiB vs {free / gib:.1f} GiB free"
 
 
+def keep_trainable_fp32(model) -> None:
+    """Cast trainable parameters to fp32 in place (their optimizer states follow); frozen ones keep their dtype."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
 def prepare_model_in_place(model, plan: SpeedPlan) -> None:
     """Make trainable parameters fp32 (optimizer states follow), set the attention kernel, compile if planned.
 
     peft already keeps LoRA A/B in fp32 over a bf16 base; a classifier's fully trained head is a copy
     of a base module and would otherwise stay bf16.
     """
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
+    keep_trainable_fp32(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base.config, "_attn_implementation", None) != plan.attention:
         base.set_attn_implementation(plan.attention)
