@@ -127,20 +127,25 @@ class GeneralLossCallback(TrainerCallback):
         self.history: list[dict] = []
         self.stopped_at: int | None = None
 
-    def _loss(self, model) -> float:
+    def _loss(self, model, args) -> float:
+        """Loss on the general texts, in the training precision (bf16 autocast when the run trains in it)."""
+        import torch
+
         from peftkit.evaluate.forgetting import text_perplexity
 
         side = self.tokenizer.padding_side
-        loss = text_perplexity(model, self.tokenizer, self.texts, self.max_length, self.batch_size)["loss"]
+        device = next(model.parameters()).device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bool(getattr(args, "bf16", False))):
+            loss = text_perplexity(model, self.tokenizer, self.texts, self.max_length, self.batch_size)["loss"]
         self.tokenizer.padding_side = side
         return loss
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.baseline = self._loss(model)  # LoRA starts as the identity (B = 0): this is the base model's loss
+        self.baseline = self._loss(model, args)  # LoRA starts as the identity (B = 0): this is the base model's loss
         self.history.append({"step": state.global_step, "general_loss": self.baseline})
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
-        loss = self._loss(model)
+        loss = self._loss(model, args)
         increase = (loss - self.baseline) / self.baseline
         self.history.append({"step": state.global_step, "general_loss": loss})
         if metrics is not None:

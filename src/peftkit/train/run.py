@@ -45,6 +45,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
 
     from peftkit.loading import load_base_model, load_tokenizer
     from peftkit.methods.lora import parameter_counts, wrap_with_lora
+    from peftkit.train.adapter_memory import adapter_inputs_uncast, fuse_lora_dropout_in_place
     from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
     from peftkit.train.speed import plan_speed, prepare_model_in_place
 
@@ -82,9 +83,16 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())  # before LoRA layers are added
     model = wrap_with_lora(base, recipe.method, task)
     prepare_model_in_place(model, plan)
-    console.print(plan.summary())
+    fused = fuse_lora_dropout_in_place(model)  # exact; backward keeps x and a seed, not mask + dropped x
+    notes = [plan.summary()]
+    if fused:
+        notes.append(f"activations: dropout fused into lora_A in {fused} layers (mask redrawn in backward)")
+    if plan.bf16:
+        notes.append("activations: adapter inputs stay bf16 under autocast (no fp32 copies)")
     with (run_dir / "train.log").open("a", encoding="utf-8") as fh:
-        fh.write(plan.summary() + "\n")
+        for line in notes:
+            console.print(line)
+            fh.write(line + "\n")
     counts = parameter_counts(model)
     console.print(
         f"model: {recipe.model.name} ({counts['total_params'] / 1e6:.1f}M params, loaded in {load_seconds:.1f}s), "
@@ -102,8 +110,9 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
 
         trainer = build_classify_trainer(model, tokenizer, recipe, prepared, run_dir, callbacks, plan)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress bar shows them
-    output = trainer.train()
-    final_eval = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    with adapter_inputs_uncast(model, active=plan.bf16):  # every forward in here runs under bf16 autocast
+        output = trainer.train()
+        final_eval = trainer.evaluate() if trainer.eval_dataset is not None else {}
 
     early_stopping = _finish_early_stopping(recipe, trainer, callbacks, run_dir)
 

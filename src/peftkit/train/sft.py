@@ -42,7 +42,11 @@ def _sft_trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            return labelled_positions_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch, self.loss_chunk)
+            # The decoder is called directly (not model.forward, which accelerate wraps in autocast), so
+            # autocast is entered here: bf16 matmuls on the bf16 path, adapters included.
+            with self.accelerator.autocast():
+                return labelled_positions_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch,
+                                               self.loss_chunk)
 
     return LabelledPositionsSFTTrainer
 

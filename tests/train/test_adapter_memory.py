@@ -1,0 +1,105 @@
+"""Fused LoRA dropout and uncast adapter inputs: same values and gradients, less kept for backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from peftkit.train.adapter_memory import (
+    DropoutLinear,
+    _DropoutLinearFn,
+    _keep_mask,
+    adapter_inputs_uncast,
+    fuse_lora_dropout_in_place,
+)
+
+
+def test_fused_dropout_linear_matches_dropout_then_linear_for_the_same_mask():
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, 12, requires_grad=True)
+    w = torch.randn(4, 12, requires_grad=True)
+    torch.manual_seed(7)
+    y = _DropoutLinearFn.apply(x, w, 0.3)
+    y.pow(2).sum().backward()
+
+    torch.manual_seed(7)  # the seed the function drew
+    mask = _keep_mask(x.detach(), 0.3, int(torch.randint(0, 2**62, (1,)).item()))
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    y2 = F.linear(x2 * mask, w2)
+    y2.pow(2).sum().backward()
+
+    assert 0 < (mask == 0).float().mean() < 0.6  # some entries dropped, most kept
+    torch.testing.assert_close(y, y2)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_dropout_linear_keeps_the_parameter_and_is_plain_linear_in_eval():
+    linear = torch.nn.Linear(8, 2, bias=False)
+    fused = DropoutLinear(linear, 0.5)
+    assert fused.weight is linear.weight
+    fused.eval()
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(fused(x), linear(x))
+    fused.train()
+    assert not torch.equal(fused(x), linear(x))  # half the inputs dropped
+
+
+def _lora(tiny_llama_dir, dropout: float, dora: bool = False):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", use_dora=dora,
+                        init_lora_weights=False)  # B != 0: the adapter changes the output
+    return get_peft_model(model, config)
+
+
+def _saved_bytes(model, ids) -> tuple[int, torch.Tensor]:
+    seen, total = set(), [0]
+
+    def pack(t):
+        key = t.untyped_storage().data_ptr()
+        if key not in seen and not isinstance(t, torch.nn.Parameter):
+            seen.add(key)
+            total[0] += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        hidden = model.get_base_model().model(input_ids=ids).last_hidden_state  # decoder layers, no LM head
+    return total[0], hidden
+
+
+def test_fusing_and_uncast_keep_less_and_train_the_same_parameters(tiny_llama_dir):
+    model = _lora(tiny_llama_dir, dropout=0.1)
+    keys = set(model.state_dict())
+    ids = torch.randint(0, 1000, (2, 32))
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+    model.train()
+    stock, _ = _saved_bytes(model, ids)
+
+    n = fuse_lora_dropout_in_place(model)
+    assert n == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
+    assert set(model.state_dict()) == keys  # saving and loading see no change
+    with adapter_inputs_uncast(model):
+        slim, hidden = _saved_bytes(model, ids)
+        hidden.float().pow(2).mean().backward()
+        model.eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            after = model(input_ids=ids).logits
+    assert slim < 0.75 * stock, (slim, stock)
+    torch.testing.assert_close(after, before)  # eval: dropout off, the same model
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads.values())
+    assert all(layer.cast_input_dtype_enabled for layer in model.modules() if hasattr(layer, "cast_input_dtype_enabled"))
+
+
+@pytest.mark.parametrize("dropout,dora", [(0.0, False), (0.1, True)])
+def test_layers_without_dropout_or_with_a_variant_are_left_alone(tiny_llama_dir, dropout, dora):
+    model = _lora(tiny_llama_dir, dropout=dropout, dora=dora)
+    assert fuse_lora_dropout_in_place(model) == 0
+    assert not any(isinstance(m, DropoutLinear) for m in model.modules())
