@@ -32,3 +32,7 @@ class ParityError(PeftkitError):
 
 class ForgettingGateError(PeftkitError):
     """The tuned model lost more general ability than `eval.max_forgetting` allows."""
+
+
+class MergeError(PeftkitError):
+    """An adapter cannot be folded into the base model's weights (the message says why)."""
