@@ -5,7 +5,8 @@
     peftkit eval RUN                   base vs tuned on the test split + forgetting gate + report.html
     peftkit report RUN [RUN2 ...]      rebuild RUN/report.html, or one page comparing runs
     peftkit inspect attention RUN --text "..."   attention entropy per layer/head, base vs tuned
-    peftkit merge RUN                  merged safetensors + parity check
+    peftkit merge RUN [--requantize nf4|int8]   merged safetensors + parity check (+ quantized copy)
+    peftkit compare RECIPE --methods lora,ia3,...  train + eval each method on the same data, one table
     peftkit recipe show RECIPE         the resolved recipe, every default filled in
     peftkit data inspect FILE          format, counts, problems, duplicates, token lengths (+ PNG)
     peftkit data prepare RECIPE        validated, cleaned, deduplicated, split data in runs/<id>/data
@@ -173,12 +174,18 @@ def _read_json(path: Path) -> dict:
 
 
 @app.command()
-def merge(run: RunArg):
-    """Merge the adapter into the base weights (RUN/merged) with a logits parity check."""
+def merge(
+    run: RunArg,
+    requantize: Annotated[Optional[str], typer.Option(
+        help="Also quantize the merged model with bitsandbytes: nf4 (4-bit) or int8; saved to RUN/merged-nf4 or "
+             "RUN/merged-int8 with its own parity figures.")] = None,
+):
+    """Merge the adapter into the base weights (RUN/merged) with a logits parity check. QLoRA runs are
+    merged into the base reloaded in model.dtype (never 4-bit), and the price of dequantizing is reported."""
     from peftkit.export.merge import merge as run_merge
 
     _quiet_libraries()
-    run_merge(run, console=err)
+    run_merge(run, console=err, requantize=requantize)
 
 
 @app.command()

@@ -1,0 +1,120 @@
+"""Merge: parity for LoRA runs, the QLoRA-safe path (reload 16/32-bit, never merge into 4-bit),
+requantization with bitsandbytes, and the refusals for methods with nothing to merge."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from peftkit.cli import app
+from peftkit.export.merge import (
+    MERGEABLE,
+    NOT_MERGEABLE,
+    MergeError,
+    check_mergeable,
+    compare_logits,
+    merge_adapter,
+)
+
+runner = CliRunner()
+TEXTS = ["Book 2 containers from Hamburg to Shanghai on 3 May.", "The carrier is Maersk; port of loading Rotterdam.",
+         "Hello, how are you today?"]
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_MERGEABLE))
+def test_kinds_with_nothing_to_merge_say_why(kind):
+    with pytest.raises(MergeError) as exc:
+        check_mergeable(kind)
+    message = str(exc.value)
+    assert message.startswith(f"method.kind: '{kind}' cannot be merged: ") and "\n" not in message
+    assert {"prefix": "virtual tokens", "prompt": "virtual tokens", "bottleneck": "non-linear",
+            "full": "RUN/model"}[kind] in message
+
+
+@pytest.mark.parametrize("kind", MERGEABLE)
+def test_mergeable_kinds_pass(kind):
+    assert check_mergeable(kind) is None
+
+
+def _train(tiny_llama_dir, runs_dir, run_id):
+    sets = [f"model.name={tiny_llama_dir}", "train.max_steps=2", "data.size=16", "eval.max_new_tokens=4",
+            f"output.runs_dir={runs_dir}", f"output.run_id={run_id}", "output.mlflow=false", "train.lr=1e-2"]
+    result = runner.invoke(app, ["train", "quickstart", *[a for s in sets for a in ("--set", s)]], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return runs_dir / run_id
+
+
+@pytest.mark.parametrize("quant", ["nf4", "int8"])
+def test_lora_merge_then_requantize_reports_each_step(tiny_llama_dir, runs_dir, quant):
+    from transformers import AutoModelForCausalLM
+
+    run = _train(tiny_llama_dir, runs_dir, f"rq-{quant}")
+    result = runner.invoke(app, ["merge", str(run), "--requantize", quant], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    merge = json.loads((run / "metrics.json").read_text())["merge"]
+    assert merge["passed"] and merge["max_abs_diff"] <= merge["atol"] and merge["method"] == "lora"
+    assert "dequantization" not in merge  # a LoRA run was trained on the 16/32-bit base
+    q = merge["requantize"]
+    assert q["kind"] == quant and q["max_abs_diff"] > merge["max_abs_diff"] and q["max_abs_diff"] > 0
+    assert 0.0 <= q["top1_agreement"] <= 1.0 and q["loss_change"] == pytest.approx(q["loss_quantized"] - q["loss_merged"])
+    assert (run / f"merged-{quant}" / "model.safetensors").is_file()
+    assert q["bytes"] < merge["merged_bytes"]  # quantized linear layers are smaller on disk
+    reloaded = AutoModelForCausalLM.from_pretrained(run / f"merged-{quant}")  # serialized with its quantization config
+    assert getattr(reloaded, f"is_loaded_in_{'4bit' if quant == 'nf4' else '8bit'}")
+    assert "requantized" in result.output
+
+
+def test_unknown_requantize_is_one_line(tiny_llama_dir, runs_dir):
+    from peftkit.export.merge import merge
+
+    run = _train(tiny_llama_dir, runs_dir, "bad-q")
+    with pytest.raises(MergeError, match="--requantize: expected one of nf4, int8; got 'fp8'"):
+        merge(run, requantize="fp8")
+
+
+def test_qlora_safe_merge_is_exact_and_naive_4bit_merge_is_not(tiny_llama_dir, tmp_path):
+    """Train LoRA on a 4-bit base; the safe path (fp32 reload) merges within atol, merging into the
+    4-bit model itself moves the logits far more (W + B·A is requantized)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    load4 = lambda: AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=quant, dtype=torch.float32)  # noqa: E731
+    load32 = lambda: AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)  # noqa: E731
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.padding_side = "right"
+    enc = tokenizer(TEXTS, return_tensors="pt", padding=True)
+
+    torch.manual_seed(0)
+    model = get_peft_model(load4(), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    losses = []
+    for _ in range(3):
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]  # the adapter learned something, so there is something to merge
+    adapter_dir = tmp_path / "adapter"
+    model.save_pretrained(adapter_dir)
+
+    trained = PeftModel.from_pretrained(load4(), adapter_dir).eval()  # what the user trained and evaluated
+    with torch.no_grad():
+        trained_logits = trained(**enc).logits
+        naive = trained.merge_and_unload()  # peft: dequantize, add B·A, quantize again
+        naive_logits = naive(**enc).logits
+    naive_err = compare_logits(trained_logits, naive_logits, enc["attention_mask"])
+
+    safe = merge_adapter(load32, adapter_dir, enc)
+    dequant = compare_logits(trained_logits, safe.adapter_logits, enc["attention_mask"])
+    print(f"naive 4-bit merge max|Δ| {naive_err['max_abs_diff']:.3g} mean {naive_err['mean_abs_diff']:.3g}; "
+          f"safe fp32 merge max|Δ| {safe.figures['max_abs_diff']:.3g}; dequantization max|Δ| {dequant['max_abs_diff']:.3g}")
+    assert safe.figures["max_abs_diff"] <= 1e-3  # export.parity_atol default
+    assert naive_err["max_abs_diff"] > 1e-3 and naive_err["max_abs_diff"] > 100 * safe.figures["max_abs_diff"]
+    assert dequant["max_abs_diff"] > 0  # the 4-bit and fp32 adapter models are different models
+
+    with pytest.raises(MergeError, match="loaded quantized"):
+        merge_adapter(load4, adapter_dir, enc)
