@@ -189,6 +189,42 @@ def merge(
 
 
 @app.command()
+def compare(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML path or shipped recipe name.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated: lora, rslora, dora, pissa, olora, qlora, prefix, prompt, "
+                                              "ia3, loha, lokr, bottleneck, full.")] = "lora,ia3,prefix",
+    set_: SetOption = None,
+):
+    """Train and evaluate several methods on the same data and steps; one table, compare.json, a plot of
+    task metric vs trainable parameters and report.html in runs/<recipe>-compare-<timestamp>/.
+    Exits 1 at the end when a method failed for an unexpected reason (the others still run)."""
+    from peftkit.compare import compare as run_compare
+    from peftkit.resources import human_bytes
+
+    _quiet_libraries()
+    result = run_compare(recipe, methods, overrides=set_ or [], console=err)
+    metric = next((r["metric"] for r in result.rows if r.get("metric")), None) or "task metric"
+    table = Table("method", "status", metric, "base", "trainable", "peak memory", "s/step", "size", "run",
+                  title=f"peftkit compare — {result.out_dir}", title_justify="left")
+    for r in result.rows:
+        if r["status"] != "ok":
+            color = "red" if r["status"] == "failed" else "yellow"
+            table.add_row(r["method"], f"[{color}]{r['status']}[/{color}]", escape(r["reason"] or ""), "", "", "", "", "",
+                          r["run_dir"])
+            continue
+        table.add_row(r["method"], "[green]ok[/green]", _fmt(r["tuned"]), _fmt(r["base"]),
+                      f"{r['trainable_params']:,} ({r['trainable_percent']:.3g}%)",
+                      human_bytes(r["peak_rss_bytes"]) if r.get("peak_rss_bytes") else "–",
+                      f"{r['seconds_per_step']:.2f}", f"{human_bytes(r['size_bytes'])} ({r['size_of']})" if r.get("size_bytes") else "–",
+                      r["run_dir"])
+    console.print(table)
+    console.print(f"compare.json, compare.png, report: {result.out_dir}")
+    if result.failed:
+        err.print(f"[red]failed: {', '.join(result.failed)} (see the rows above)[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
 def quickstart(set_: SetOption = None):
     """Run recipes/quickstart.yaml end to end (train, eval, merge) and print one table."""
     from peftkit.quickstart import quickstart as run_quickstart

@@ -85,13 +85,11 @@ def headline_metric(scores: dict) -> str | None:
 def _facts(run: dict) -> list[tuple[str, str]]:
     r, m = run["recipe"], run["metrics"]
     t, ev = m.get("train", {}), m.get("eval", {})
-    method = r.method
-    targets = method.target_modules if isinstance(method.target_modules, str) else ", ".join(method.target_modules)
     facts = [
         ("recipe", r.name),
         ("base model", r.model.name),
         ("data", f"{r.data.dataset} ({_data_counts(run['dir'])})"),
-        ("method", f"{method.kind} r={method.r}, alpha={method.alpha:g}, targets {targets}"),
+        ("method", method_text(r.method)),
         ("trainable parameters", f"{t.get('trainable_params', 0):,} ({t.get('trainable_percent', 0):.2f}%)"),
         ("adapter size", f"{human_bytes(t['adapter_bytes'])} vs {human_bytes(t['base_model_bytes'])} base "
                          f"({t['adapter_bytes'] / t['base_model_bytes']:.1%})" if "adapter_bytes" in t else "–"),
@@ -110,6 +108,22 @@ def _facts(run: dict) -> list[tuple[str, str]]:
         facts.append(("merge parity", f"max |Δlogit| {mg['max_abs_diff']:.1e} ≤ {mg['atol']:g}: "
                                       f"{'passed' if mg['passed'] else 'FAILED'}"))
     return facts
+
+
+def method_text(method) -> str:
+    """`lora r=16, alpha=32, targets all-linear`, or the kind and its settings for other methods."""
+    fields = method.model_dump(mode="json")
+    kind = fields.pop("kind", "lora")
+    targets = fields.pop("target_modules", None)
+    if isinstance(targets, list):
+        targets = ", ".join(targets)
+    if "r" in fields and "alpha" in fields:
+        text = f"{kind} r={fields.pop('r')}, alpha={fields.pop('alpha'):g}"
+        fields.pop("dropout", None)
+        extras = [k if v is True else f"{k}={v}" for k, v in fields.items() if v not in (False, None, "default")]
+        return text + "".join(f", {e}" for e in extras) + (f", targets {targets}" if targets else "")
+    settings = ", ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+    return kind + (f" {settings}" if settings else "") + (f", targets {targets}" if targets else "")
 
 
 def _memory(section: dict) -> str:
@@ -382,11 +396,75 @@ def _render_compare(runs: list[dict]) -> str:
     return _template("compare").render(**context)
 
 
+# ------------------------------------------------------------------------------- method comparison
+
+
+def compare_png(document: dict, path: Path) -> Path:
+    """Trainable parameters (log x) against the task metric, one labelled point per finished method,
+    the base model's score as a dashed line. Written to `path` (and inlined in the comparison page)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    done = [r for r in document["rows"] if r["status"] == "ok" and r.get("tuned") is not None and r.get("trainable_params")]
+    metric = document.get("metric") or "task metric"
+    for r in done:
+        ax.scatter(r["trainable_params"], r["tuned"], s=40)
+        ax.annotate(r["method"], (r["trainable_params"], r["tuned"]), textcoords="offset points", xytext=(5, 4), fontsize=9)
+    bases = [r["base"] for r in done if r.get("base") is not None]
+    if bases:
+        ax.axhline(bases[0], color="#888", linestyle="--", linewidth=1, label=f"base model ({bases[0]:.3g})")
+        ax.legend(loc="best", fontsize=8)
+    if done:
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no method finished", ha="center", va="center", transform=ax.transAxes)
+    better = "lower is better" if HIGHER_IS_BETTER.get(metric, True) is False else "higher is better"
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(f"{metric} ({better})")
+    ax.set_title(f"{document['recipe']}: task metric vs trainable parameters", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def build_compare_report(document: dict, out: Path) -> ReportResult:
+    """The page of `peftkit compare`: one row per method (status, task metric, cost), the plot, and
+    links to each method's own run report. `document` is compare.json; the plot is compare.png next to `out`."""
+    import os
+
+    started = time.perf_counter()
+    out = Path(out)
+    png = out.parent / "compare.png"
+    rows = []
+    for r in document["rows"]:
+        link = os.path.relpath(r["report"], out.parent) if r.get("report") else None
+        run_link = os.path.relpath(r["run_dir"], out.parent)
+        rows.append({**r, "link": link, "run_link": run_link,
+                     "tuned_text": _num(r.get("tuned")) if r.get("tuned") is not None else "–",
+                     "base_text": _num(r.get("base")) if r.get("base") is not None else "–",
+                     "trainable_text": (f"{r['trainable_params']:,} ({r['trainable_percent']:.3g}%)"
+                                        if r.get("trainable_params") is not None else "–"),
+                     "memory_text": _memory(r) if r.get("peak_rss_bytes") else "–",
+                     "speed_text": f"{r['seconds_per_step']:.2f}" if r.get("seconds_per_step") is not None else "–",
+                     "size_text": f"{human_bytes(r['size_bytes'])} ({r['size_of']})" if r.get("size_bytes") else "–",
+                     "cls": {"ok": "", "not applicable": "none", "failed": "bad"}[r["status"]]})
+    context = {"title": f"peftkit method comparison — {document['compare_id']}", "doc": document, "rows": rows,
+               "plot": _file_png(png) if png.is_file() else None}
+    out.write_text(_template("methods").render(**context), encoding="utf-8")
+    return ReportResult(out, out.stat().st_size, time.perf_counter() - started)
+
+
+def _file_png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
 def _template(name: str):
     from jinja2 import Environment, select_autoescape
 
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
-    return env.from_string(_BASE.replace("{{BODY}}", _SINGLE if name == "single" else _COMPARE))
+    body = {"single": _SINGLE, "compare": _COMPARE, "methods": _METHODS}[name]
+    return env.from_string(_BASE.replace("{{BODY}}", body))
 
 
 _BASE = """<!DOCTYPE html>
@@ -474,4 +552,19 @@ _COMPARE = """<h1>{{ title }}</h1>
 {% if run.forgetting_rows %}<table class="forgetting"><tr><th>set</th><th>metric</th><th>base</th><th>tuned</th><th>change</th><th>gate</th></tr>
 {% for r in run.forgetting_rows %}<tr><td>{{ r.set }}</td><td>{{ r.metric }}</td><td class="num">{{ r.base }}</td><td class="num">{{ r.tuned }}</td>
 <td class="num">{{ r.delta }}</td><td class="{{ r.cls }}">{{ r.verdict }}</td></tr>{% endfor %}</table>{% endif %}{% endfor %}
+"""
+
+_METHODS = """<h1>{{ title }}</h1>
+<p>Recipe <b>{{ doc.recipe }}</b>{% if doc.overrides %} with {{ doc.overrides|join(', ') }}{% endif %}: every method trained
+with the same data, steps and seed{% if doc.data_sha256 %} (splits sha256: {% for k, v in doc.data_sha256.items() %}{{ k }} {{ v[:12] }}…{{ ', ' if not loop.last }}{% endfor %}){% endif %}.
+Task metric: <b>{{ doc.metric or '–' }}</b> on the test split.</p>
+<h2>Methods side by side</h2>
+<table id="methods"><tr><th>method</th><th>status</th><th>{{ doc.metric or 'task metric' }}</th><th>base</th><th>trainable parameters</th>
+<th>peak memory (train)</th><th>s/step</th><th>size on disk</th><th>run</th></tr>
+{% for r in rows %}<tr><td>{{ r.method }}</td><td class="{{ r.cls }}">{{ r.status }}{% if r.reason %}: {{ r.reason }}{% endif %}</td>
+<td class="num">{{ r.tuned_text }}</td><td class="num">{{ r.base_text }}</td><td class="num">{{ r.trainable_text }}</td>
+<td class="num">{{ r.memory_text }}</td><td class="num">{{ r.speed_text }}</td><td class="num">{{ r.size_text }}</td>
+<td>{% if r.link %}<a href="{{ r.link }}">report</a> · {% endif %}<a href="{{ r.run_link }}">{{ r.run_dir }}</a></td></tr>{% endfor %}</table>
+{% if plot %}<h2>Task metric vs trainable parameters</h2><img id="methods-plot" alt="task metric against trainable parameters" src="{{ plot }}">{% endif %}
+<p style="color:#777;font-size:12px">Written by <code>peftkit compare</code>; the rows are in compare.json next to this page.</p>
 """
