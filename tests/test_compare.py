@@ -59,7 +59,8 @@ def test_compare_two_methods(tiny_llama_dir, runs_dir):
         assert isinstance(lora[key], (int, float)), key
     assert 0 < lora["trainable_params"] < lora["total_params"] and lora["size_of"] == "adapter"
     assert doc["data_sha256"] == lora["data_sha256"] and set(lora["data_sha256"]) == {"train", "val", "test"}
-    assert (runs_dir / f"{out_dir.name}-lora" / "adapter" / "adapter_model.safetensors").is_file()  # a normal run dir
+    weights = runs_dir / f"{out_dir.name}-lora" / "adapter" / "adapter_model.safetensors"  # a normal run dir
+    assert lora["size_bytes"] == weights.stat().st_size  # the adapter weights, not the tokenizer saved beside them
     assert dora["status"] == expect_second
     if expect_second == "failed":
         assert "does not validate" in dora["reason"] and "dora" in dora["reason"]

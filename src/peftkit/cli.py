@@ -204,19 +204,19 @@ def compare(
     _quiet_libraries()
     result = run_compare(recipe, methods, overrides=set_ or [], console=err)
     metric = next((r["metric"] for r in result.rows if r.get("metric")), None) or "task metric"
-    table = Table("method", "status", metric, "base", "trainable", "peak memory", "s/step", "size", "run",
-                  title=f"peftkit compare — {result.out_dir}", title_justify="left")
+    table = _table("method", "status", metric, "base", "trainable", "peak memory", "s/step", "size", "run")
+    table.title, table.title_justify = f"peftkit compare — {result.out_dir}", "left"
     for r in result.rows:
         if r["status"] != "ok":
             color = "red" if r["status"] == "failed" else "yellow"
             table.add_row(r["method"], f"[{color}]{r['status']}[/{color}]", escape(r["reason"] or ""), "", "", "", "", "",
-                          r["run_dir"])
+                          Path(r["run_dir"]).name)
             continue
         table.add_row(r["method"], "[green]ok[/green]", _fmt(r["tuned"]), _fmt(r["base"]),
                       f"{r['trainable_params']:,} ({r['trainable_percent']:.3g}%)",
                       human_bytes(r["peak_rss_bytes"]) if r.get("peak_rss_bytes") else "–",
                       f"{r['seconds_per_step']:.2f}", f"{human_bytes(r['size_bytes'])} ({r['size_of']})" if r.get("size_bytes") else "–",
-                      r["run_dir"])
+                      Path(r["run_dir"]).name)
     console.print(table)
     console.print(f"compare.json, compare.png, report: {result.out_dir}")
     if result.failed:

@@ -184,7 +184,7 @@ def _row_figures(run_dir: Path) -> dict:
     import json
 
     from peftkit.evaluate.report import headline_metric
-    from peftkit.rundir import dir_bytes, read_metrics
+    from peftkit.rundir import read_metrics
 
     m = read_metrics(run_dir)
     t, base, tuned = m["train"], m.get("base", {}), m.get("tuned", {})
@@ -203,12 +203,19 @@ def _row_figures(run_dir: Path) -> dict:
         "seconds_per_step": t.get("seconds_per_step"),
         "steps": t.get("steps"),
         "val_loss": t.get("val_loss"),
-        "size_bytes": dir_bytes(weights) if weights.is_dir() else None,
+        "size_bytes": _weights_bytes(weights),
         "size_of": weights.name,
         "forgetting_passed": m.get("forgetting", {}).get("passed"),
         "data_sha256": {k: v["sha256"] for k, v in manifest["splits"].items()},
         "report": str(run_dir / "report.html") if (run_dir / "report.html").is_file() else None,
     }
+
+
+def _weights_bytes(folder: Path) -> int | None:
+    """Bytes of the weight files (safetensors or .bin) in RUN/adapter or RUN/model: what a method adds on
+    disk, without the tokenizer files saved next to them."""
+    files = [f for f in folder.glob("*") if f.suffix in (".safetensors", ".bin")] if folder.is_dir() else []
+    return sum(f.stat().st_size for f in files) or None
 
 
 def _same_data(rows: list[dict]) -> tuple[dict | None, bool]:

@@ -214,7 +214,8 @@ def merge(run_dir: str | Path, console: Console | None = None, requantize: str |
 
         m = recipe.method
         quant_type = getattr(m, "quant_type", "nf4")
-        quant = bnb_config(quant_type, dtype, quant_type, getattr(m, "double_quant", True))
+        compute = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(getattr(m, "compute_dtype", "auto"), dtype)
+        quant = bnb_config(quant_type, compute, quant_type, getattr(m, "double_quant", True))
         source = _model_source(recipe.model.name)
 
         def four_bit_logits():
