@@ -13,7 +13,11 @@ from peftkit.export.merge import (
     NOT_MERGEABLE,
     MergeError,
     check_mergeable,
+    adapter_logits_on,
+    bnb_config,
     compare_logits,
+    dequantization_figures,
+    load_quantized,
     merge_adapter,
 )
 
@@ -65,12 +69,16 @@ def test_lora_merge_then_requantize_reports_each_step(tiny_llama_dir, runs_dir, 
     assert "requantized" in result.output
 
 
-def test_unknown_requantize_is_one_line(tiny_llama_dir, runs_dir):
-    from peftkit.export.merge import merge
+def test_unknown_requantize_is_one_red_line(tiny_llama_dir, runs_dir):
+    import subprocess
+    import sys
 
     run = _train(tiny_llama_dir, runs_dir, "bad-q")
-    with pytest.raises(MergeError, match="--requantize: expected one of nf4, int8; got 'fp8'"):
-        merge(run, requantize="fp8")
+    proc = subprocess.run([sys.executable, "-m", "peftkit.cli", "merge", str(run), "--requantize", "fp8"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: --requantize: expected one of nf4, int8; got 'fp8'"  # no traceback
+    assert not (run / "merged").exists()
 
 
 def test_qlora_safe_merge_is_exact_and_naive_4bit_merge_is_not(tiny_llama_dir, tmp_path):
@@ -81,6 +89,9 @@ def test_qlora_safe_merge_is_exact_and_naive_4bit_merge_is_not(tiny_llama_dir, t
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
     load4 = lambda: AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=quant, dtype=torch.float32)  # noqa: E731
+    # what `peftkit merge` loads as the trained model of a qlora run (nf4, double quantization: the schema's defaults)
+    merge_quant = bnb_config("nf4", torch.float32, "nf4", double_quant=True)
+    load4_merge = lambda: load_quantized(tiny_llama_dir, "extraction", merge_quant, torch.float32)  # noqa: E731
     load32 = lambda: AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)  # noqa: E731
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     tokenizer.padding_side = "right"
@@ -109,12 +120,13 @@ def test_qlora_safe_merge_is_exact_and_naive_4bit_merge_is_not(tiny_llama_dir, t
     naive_err = compare_logits(trained_logits, naive_logits, enc["attention_mask"])
 
     safe = merge_adapter(load32, adapter_dir, enc)
-    dequant = compare_logits(trained_logits, safe.adapter_logits, enc["attention_mask"])
+    dequant = dequantization_figures(adapter_logits_on(load4_merge, adapter_dir, enc), safe.adapter_logits, enc)
     print(f"naive 4-bit merge max|Δ| {naive_err['max_abs_diff']:.3g} mean {naive_err['mean_abs_diff']:.3g}; "
-          f"safe fp32 merge max|Δ| {safe.figures['max_abs_diff']:.3g}; dequantization max|Δ| {dequant['max_abs_diff']:.3g}")
+          f"safe fp32 merge max|Δ| {safe.figures['max_abs_diff']:.3g}; dequantization {dequant}")
     assert safe.figures["max_abs_diff"] <= 1e-3  # export.parity_atol default
     assert naive_err["max_abs_diff"] > 1e-3 and naive_err["max_abs_diff"] > 100 * safe.figures["max_abs_diff"]
     assert dequant["max_abs_diff"] > 0  # the 4-bit and fp32 adapter models are different models
+    assert dequant["loss_4bit"] != dequant["loss_dequantized"] and 0 < dequant["top1_agreement"] <= 1
 
     with pytest.raises(MergeError, match="loaded quantized"):
         merge_adapter(load4, adapter_dir, enc)

@@ -97,8 +97,24 @@ def next_token_loss(logits: torch.Tensor, enc) -> float | None:
 
 
 def _logits(model, enc) -> torch.Tensor:
+    """Logits of `model` on the batch `enc`, on the CPU (bitsandbytes may have placed the model on CUDA)."""
+    device = next(model.parameters()).device
     with torch.no_grad():
-        return model(**enc).logits
+        return model(**{k: v.to(device) for k, v in enc.items()}).logits.cpu()
+
+
+def adapter_logits_on(load_base: Callable[[], torch.nn.Module], adapter_dir: str | Path, enc) -> torch.Tensor:
+    """Logits of base + adapter, the base from `load_base()` (e.g. the 4-bit base a QLoRA adapter was trained on)."""
+    from peft import PeftModel
+
+    return _logits(PeftModel.from_pretrained(load_base(), adapter_dir).eval(), enc)
+
+
+def dequantization_figures(quantized_logits: torch.Tensor, adapter_logits: torch.Tensor, enc) -> dict:
+    """The price of merging a QLoRA adapter on a 16/32-bit base: the adapter model on that base vs the
+    4-bit adapter model that was trained and evaluated (compare_logits + held-out loss of both)."""
+    return {**compare_logits(quantized_logits, adapter_logits, enc.get("attention_mask")),
+            "loss_4bit": next_token_loss(quantized_logits, enc), "loss_dequantized": next_token_loss(adapter_logits, enc)}
 
 
 def is_quantized(model) -> bool:
@@ -206,12 +222,9 @@ def merge(run_dir: str | Path, console: Console | None = None, requantize: str |
     tokenizer.padding_side = "right"
     enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=recipe.data.max_length,
                     add_special_tokens=prepared.task == "classification")
-    mask = enc["attention_mask"]
 
     quantized_logits = None
     if kind == "qlora":  # the model the user trained and evaluated: 4-bit base + adapter
-        from peft import PeftModel
-
         m = recipe.method
         quant_type = getattr(m, "quant_type", "nf4")
         compute = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(getattr(m, "compute_dtype", "auto"), dtype)
@@ -219,8 +232,8 @@ def merge(run_dir: str | Path, console: Console | None = None, requantize: str |
         source = _model_source(recipe.model.name)
 
         def four_bit_logits():
-            base4 = load_quantized(source, prepared.task, quant, dtype, prepared.labels, recipe.train.seed)
-            return _logits(PeftModel.from_pretrained(base4, adapter_dir).eval(), enc)
+            return adapter_logits_on(
+                lambda: load_quantized(source, prepared.task, quant, dtype, prepared.labels, recipe.train.seed), adapter_dir, enc)
 
         quantized_logits = _quantized_step("qlora: the 4-bit adapter model", four_bit_logits)
 
@@ -237,9 +250,7 @@ def merge(run_dir: str | Path, console: Console | None = None, requantize: str |
     }
     if quantized_logits is not None:
         # price of dequantizing: the 16/32-bit adapter model (what is merged) vs the 4-bit one (what was trained)
-        result["dequantization"] = {**compare_logits(quantized_logits, adapter_logits, mask),
-                                    "loss_4bit": next_token_loss(quantized_logits, enc),
-                                    "loss_dequantized": next_token_loss(adapter_logits, enc)}
+        result["dequantization"] = dequantization_figures(quantized_logits, adapter_logits, enc)
     if result["passed"]:
         out = run_dir / "merged"
         outcome.model.save_pretrained(out)  # safetensors
