@@ -130,3 +130,22 @@ def test_qlora_safe_merge_is_exact_and_naive_4bit_merge_is_not(tiny_llama_dir, t
 
     with pytest.raises(MergeError, match="loaded quantized"):
         merge_adapter(load4, adapter_dir, enc)
+
+
+def test_classifier_requantize_keeps_its_head_in_full_precision(tiny_bert_dir, runs_dir):
+    """A classifier head has a handful of outputs: bitsandbytes' CPU 4-bit kernel refuses such sizes
+    and quantizing it costs accuracy, so the head stays a plain Linear layer."""
+    from transformers import AutoModelForSequenceClassification
+
+    sets = [f"model.name={tiny_bert_dir}", "train.max_steps=2", "data.size=60", f"output.runs_dir={runs_dir}",
+            "output.run_id=cls", "output.mlflow=false"]
+    result = runner.invoke(app, ["train", "bbc-news-lora", *[a for s in sets for a in ("--set", s)]], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run = runs_dir / "cls"
+    result = runner.invoke(app, ["merge", str(run), "--requantize", "nf4"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    q = json.loads((run / "metrics.json").read_text())["merge"]["requantize"]
+    assert q["max_abs_diff"] > 0 and "loss_change" not in q  # no next-token loss for a classifier
+    reloaded = AutoModelForSequenceClassification.from_pretrained(run / "merged-nf4")
+    assert type(reloaded.classifier) is torch.nn.Linear
+    assert type(reloaded.bert.encoder.layer[0].attention.self.query).__name__ == "Linear4bit"

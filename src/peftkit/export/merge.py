@@ -53,6 +53,7 @@ NOT_MERGEABLE = {
     "full": "full fine-tuning has no adapter: the whole tuned model is already in RUN/model",
 }
 REQUANTIZE = ("nf4", "int8")
+OUTPUT_HEADS = ("lm_head", "score", "classifier")  # causal LM head; Llama-style and BERT-style classifier heads
 
 
 class MergeError(PeftkitError):
@@ -163,10 +164,13 @@ def bnb_config(kind: str, compute_dtype: torch.dtype, quant_type: str = "nf4", d
         import bitsandbytes  # noqa: F401  (transformers only checks for it at load time)
     except ImportError:
         raise MergeError(f"{kind}: quantizing needs bitsandbytes (pip install bitsandbytes)") from None
+    # Output heads stay in 16/32 bit (as transformers does for lm_head): they are small, a classifier's
+    # few outputs are not a size bitsandbytes' CPU 4-bit kernel accepts, and quantizing them costs accuracy.
+    skip = list(OUTPUT_HEADS)
     if kind == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=compute_dtype,
-                              bnb_4bit_use_double_quant=double_quant)
+                              bnb_4bit_use_double_quant=double_quant, llm_int8_skip_modules=skip)
 
 
 def load_quantized(source: str | Path, task: str, quantization, dtype: torch.dtype, labels: list[str] | None = None,
@@ -194,7 +198,8 @@ def _quantized_step(what: str, fn):
     except (RuntimeError, ValueError, NotImplementedError, AssertionError, TypeError) as exc:
         device = "CUDA" if torch.cuda.is_available() else "CPU"
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise MergeError(f"{what}: bitsandbytes could not run it on this {device}: {type(exc).__name__}: {first}") from None
+        hint = " (bitsandbytes' CPU 4-bit kernel needs linear output sizes that are multiples of 32)" if device == "CPU" else ""
+        raise MergeError(f"{what}: bitsandbytes could not run it on this {device}: {type(exc).__name__}: {first}{hint}") from None
 
 
 # ------------------------------------------------------------------------------------- merge
@@ -257,10 +262,6 @@ def merge(run_dir: str | Path, console: Console | None = None, requantize: str |
         tokenizer.save_pretrained(out)
         result["merged_bytes"] = dir_bytes(out)
         result["path"] = str(out)
-    if result["passed"] and requantize:
-        merged_logits, outcome = outcome.merged_logits, None  # free the merged weights before loading the quantized copy
-        result["requantize"] = requantize_merged(Path(result["path"]), requantize, prepared.task, dtype, enc,
-                                                 merged_logits, tokenizer)
     result["seconds"] = time.perf_counter() - started
     update_metrics(run_dir, merge=result)
     if not result["passed"]:
@@ -270,6 +271,18 @@ def merge(run_dir: str | Path, console: Console | None = None, requantize: str |
         )
     for line in merge_summary(result):
         console.print(line)
+    if requantize:  # its own step: RUN/merged stays valid (and recorded) whatever happens here
+        merged_logits, outcome = outcome.merged_logits, None  # free the merged weights before loading the quantized copy
+        try:
+            result["requantize"] = requantize_merged(Path(result["path"]), requantize, prepared.task, dtype, enc,
+                                                     merged_logits, tokenizer)
+        except MergeError as exc:
+            result["requantize"] = {"kind": requantize, "error": str(exc)}
+            raise
+        finally:
+            result["seconds"] = time.perf_counter() - started
+            update_metrics(run_dir, merge=result)
+        console.print(merge_summary(result)[-1])
     return result
 
 
