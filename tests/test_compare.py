@@ -66,6 +66,7 @@ def test_compare_two_methods(tiny_llama_dir, runs_dir):
         assert "does not validate" in dora["reason"] and "dora" in dora["reason"]
     else:
         assert dora["data_sha256"] == lora["data_sha256"]  # identical splits across methods
+    assert "name: quickstart" in (out_dir / "compare-recipe.yaml").read_text()
     png = (out_dir / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     html = (out_dir / "report.html").read_text()

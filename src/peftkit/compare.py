@@ -2,7 +2,8 @@
 
     result = compare("recipes/quickstart.yaml", ["lora", "ia3", "prefix"], overrides=["train.max_steps=20"])
     result.rows          # one dict per method (compare.json), in the order given
-    result.out_dir       # runs/<recipe name>-compare-<UTC timestamp>/ : compare.json, compare.png, report.html
+    result.out_dir       # runs/<recipe name>-compare-<UTC timestamp>/ : compare.json, compare.png, report.html,
+                         #   compare-recipe.yaml (the resolved recipe every method started from)
 
 Each method is the recipe with its `method:` block replaced by that method's override (METHODS; the
 names and overrides agreed in the method schema). LoRA-family methods keep the recipe's own r,
@@ -13,8 +14,9 @@ its split from the same seeded recipe; the sha256 of every split is recorded per
 identical across methods (a mismatch fails the comparison, since the numbers would not be comparable).
 
 Per row: the headline task metric (tuned and base), trainable parameters and their share, peak
-memory of training (the process peak is reset before each method on Linux), seconds per step, and
-the adapter size on disk (the whole model for `full`).
+memory of training (peak RSS of this process, reset before each method on Linux, so it includes the
+resident baseline of Python and the libraries; peak CUDA allocation on GPUs), seconds per step, and
+the size of the weight files on disk (RUN/adapter; RUN/model for `full`).
 
 Outcomes per method: `ok`; `not applicable` (the method does not apply to this model or machine:
 bitsandbytes missing for qlora, or a PeftkitError from training such as an unsupported model type);
@@ -116,6 +118,10 @@ def compare(recipe: str | Path, methods: str | list[str], overrides: list[str] |
     if (out_dir / "compare.json").exists():
         raise CompareError(f"{out_dir}: already holds a comparison; give another directory")
     out_dir.mkdir(parents=True, exist_ok=True)
+    from peftkit.recipe import dump_recipe
+
+    # the recipe every method started from (not `recipe.yaml`: the folder is a comparison, not a run)
+    (out_dir / "compare-recipe.yaml").write_text(dump_recipe(resolved), encoding="utf-8")
 
     rows = []
     for i, name in enumerate(names, 1):

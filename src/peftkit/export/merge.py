@@ -53,7 +53,8 @@ NOT_MERGEABLE = {
     "full": "full fine-tuning has no adapter: the whole tuned model is already in RUN/model",
 }
 REQUANTIZE = ("nf4", "int8")
-OUTPUT_HEADS = ("lm_head", "score", "classifier")  # causal LM head; Llama-style and BERT-style classifier heads
+# never quantized: causal-LM heads (Llama-style, GPT-NeoX-style) and classifier heads (Llama-style, BERT-style)
+OUTPUT_HEADS = ("lm_head", "embed_out", "score", "classifier")
 
 
 class MergeError(PeftkitError):
