@@ -14,10 +14,8 @@ from peftkit.export.merge import (
     MergeError,
     check_mergeable,
     adapter_logits_on,
-    bnb_config,
     compare_logits,
     dequantization_figures,
-    load_quantized,
     merge_adapter,
 )
 
@@ -89,9 +87,6 @@ def test_qlora_safe_merge_is_exact_and_naive_4bit_merge_is_not(tiny_llama_dir, t
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
     load4 = lambda: AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=quant, dtype=torch.float32)  # noqa: E731
-    # what `peftkit merge` loads as the trained model of a qlora run (nf4, double quantization: the schema's defaults)
-    merge_quant = bnb_config("nf4", torch.float32, "nf4", double_quant=True)
-    load4_merge = lambda: load_quantized(tiny_llama_dir, "extraction", merge_quant, torch.float32)  # noqa: E731
     load32 = lambda: AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)  # noqa: E731
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     tokenizer.padding_side = "right"
@@ -120,7 +115,7 @@ def test_qlora_safe_merge_is_exact_and_naive_4bit_merge_is_not(tiny_llama_dir, t
     naive_err = compare_logits(trained_logits, naive_logits, enc["attention_mask"])
 
     safe = merge_adapter(load32, adapter_dir, enc)
-    dequant = dequantization_figures(adapter_logits_on(load4_merge, adapter_dir, enc), safe.adapter_logits, enc)
+    dequant = dequantization_figures(adapter_logits_on(load4, adapter_dir, enc), safe.adapter_logits, enc)
     print(f"naive 4-bit merge max|Δ| {naive_err['max_abs_diff']:.3g} mean {naive_err['mean_abs_diff']:.3g}; "
           f"safe fp32 merge max|Δ| {safe.figures['max_abs_diff']:.3g}; dequantization {dequant}")
     assert safe.figures["max_abs_diff"] <= 1e-3  # export.parity_atol default

@@ -85,11 +85,13 @@ def headline_metric(scores: dict) -> str | None:
 def _facts(run: dict) -> list[tuple[str, str]]:
     r, m = run["recipe"], run["metrics"]
     t, ev = m.get("train", {}), m.get("eval", {})
+    method = r.method
+    targets = method.target_modules if isinstance(method.target_modules, str) else ", ".join(method.target_modules)
     facts = [
         ("recipe", r.name),
         ("base model", r.model.name),
         ("data", f"{r.data.dataset} ({_data_counts(run['dir'])})"),
-        ("method", method_text(r.method)),
+        ("method", f"{method.kind} r={method.r}, alpha={method.alpha:g}, targets {targets}"),
         ("trainable parameters", f"{t.get('trainable_params', 0):,} ({t.get('trainable_percent', 0):.2f}%)"),
         ("adapter size", f"{human_bytes(t['adapter_bytes'])} vs {human_bytes(t['base_model_bytes'])} base "
                          f"({t['adapter_bytes'] / t['base_model_bytes']:.1%})" if "adapter_bytes" in t else "–"),
@@ -108,22 +110,6 @@ def _facts(run: dict) -> list[tuple[str, str]]:
         facts.append(("merge parity", f"max |Δlogit| {mg['max_abs_diff']:.1e} ≤ {mg['atol']:g}: "
                                       f"{'passed' if mg['passed'] else 'FAILED'}"))
     return facts
-
-
-def method_text(method) -> str:
-    """`lora r=16, alpha=32, targets all-linear`, or the kind and its settings for other methods."""
-    fields = method.model_dump(mode="json")
-    kind = fields.pop("kind", "lora")
-    targets = fields.pop("target_modules", None)
-    if isinstance(targets, list):
-        targets = ", ".join(targets)
-    if "r" in fields and "alpha" in fields:
-        text = f"{kind} r={fields.pop('r')}, alpha={fields.pop('alpha'):g}"
-        fields.pop("dropout", None)
-        extras = [k if v is True else f"{k}={v}" for k, v in fields.items() if v not in (False, None, "default")]
-        return text + "".join(f", {e}" for e in extras) + (f", targets {targets}" if targets else "")
-    settings = ", ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-    return kind + (f" {settings}" if settings else "") + (f", targets {targets}" if targets else "")
 
 
 def _memory(section: dict) -> str:

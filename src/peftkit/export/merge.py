@@ -158,38 +158,29 @@ def merge_adapter(load_base: Callable[[], torch.nn.Module], adapter_dir: str | P
                         compare_logits(adapter_logits, merged_logits, enc.get("attention_mask")))
 
 
-def bnb_config(kind: str, compute_dtype: torch.dtype, quant_type: str = "nf4", double_quant: bool = False):
-    """A BitsAndBytesConfig: `nf4`/`fp4` → 4-bit of that type; `int8` → 8-bit (LLM.int8)."""
+def bnb_config(kind: str, compute_dtype: torch.dtype):
+    """The BitsAndBytesConfig of `--requantize`: `nf4` → 4-bit NF4 (double quantization), `int8` → LLM.int8."""
     try:
         from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401  (transformers only checks for it at load time)
     except ImportError:
-        raise MergeError(f"{kind}: quantizing needs bitsandbytes (pip install bitsandbytes)") from None
+        raise MergeError(f"--requantize {kind}: quantizing needs bitsandbytes (pip install bitsandbytes)") from None
     # Output heads stay in 16/32 bit (as transformers does for lm_head): they are small, a classifier's
     # few outputs are not a size bitsandbytes' CPU 4-bit kernel accepts, and quantizing them costs accuracy.
     skip = list(OUTPUT_HEADS)
     if kind == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_compute_dtype=compute_dtype,
-                              bnb_4bit_use_double_quant=double_quant, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+                              bnb_4bit_use_double_quant=True, llm_int8_skip_modules=skip)
 
 
-def load_quantized(source: str | Path, task: str, quantization, dtype: torch.dtype, labels: list[str] | None = None,
-                   seed: int = 0):
-    """Load `source` (a folder or hub id) with a bitsandbytes config, as a causal LM or a classifier.
+def load_quantized(folder: str | Path, task: str, quantization, dtype: torch.dtype):
+    """Load a saved model folder (RUN/merged: its config holds the labels of a classifier) with a
+    bitsandbytes config, as a causal LM or a sequence classifier."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    Errors of the quantized load or forward on this device become one MergeError line: the usual
-    causes are CPU limits of bitsandbytes (4-bit needs linear output sizes that are multiples of 32).
-    """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
-
-    set_seed(seed)  # a classifier's fresh head starts as in train and eval; its trained copy comes with the adapter
-    kwargs = {"quantization_config": quantization, "dtype": dtype}
-    if task == "classification" and labels:
-        kwargs |= {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                   "label2id": {label: i for i, label in enumerate(labels)}}
     auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
-    return auto.from_pretrained(source, **kwargs)
+    return auto.from_pretrained(folder, quantization_config=quantization, dtype=dtype)
 
 
 def _quantized_step(what: str, fn):
@@ -230,16 +221,15 @@ def merge(run_dir: str | Path, console: Console | None = None, requantize: str |
                     add_special_tokens=prepared.task == "classification")
 
     quantized_logits = None
-    if kind == "qlora":  # the model the user trained and evaluated: 4-bit base + adapter
-        m = recipe.method
-        quant_type = getattr(m, "quant_type", "nf4")
-        compute = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(getattr(m, "compute_dtype", "auto"), dtype)
-        quant = bnb_config(quant_type, compute, quant_type, getattr(m, "double_quant", True))
-        source = _model_source(recipe.model.name)
+    if kind == "qlora":
+        # the model the user trained and evaluated: the 4-bit base of train and eval + the adapter
+        from peftkit.methods import base_quantization
+
+        quant = base_quantization(recipe.method, "sequence-classification" if prepared.task == "classification" else "causal-lm")
 
         def four_bit_logits():
-            return adapter_logits_on(
-                lambda: load_quantized(source, prepared.task, quant, dtype, prepared.labels, recipe.train.seed), adapter_dir, enc)
+            return adapter_logits_on(lambda: load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed,
+                                                             quantization=quant), adapter_dir, enc)
 
         quantized_logits = _quantized_step("qlora: the 4-bit adapter model", four_bit_logits)
 
@@ -326,12 +316,6 @@ def merge_summary(result: dict) -> list[str]:
                      + (f", held-out loss {q['loss_merged']:.4f} → {q['loss_quantized']:.4f} ({q['loss_change']:+.4f})"
                         if "loss_change" in q else ""))
     return lines
-
-
-def _model_source(name: str) -> str:
-    from peftkit.catalog.models import resolve_model
-
-    return resolve_model(name)
 
 
 def parity_texts(tokenizer, prepared, n: int) -> list[str]:
