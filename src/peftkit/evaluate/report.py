@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -392,9 +393,18 @@ def compare_png(document: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     done = [r for r in document["rows"] if r["status"] == "ok" and r.get("tuned") is not None and r.get("trainable_params")]
     metric = document.get("metric") or "task metric"
+    # methods at the same point share one label; labels of nearby points are stacked so they stay readable
+    points: dict[tuple, list[str]] = {}
     for r in done:
-        ax.scatter(r["trainable_params"], r["tuned"], s=40)
-        ax.annotate(r["method"], (r["trainable_params"], r["tuned"]), textcoords="offset points", xytext=(5, 4), fontsize=9)
+        points.setdefault((r["trainable_params"], r["tuned"]), []).append(r["method"])
+    ys = [y for _, y in points] or [0.0]
+    span = (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
+    for (x, y), names in sorted(points.items()):
+        ax.scatter(x, y, s=40)
+        near = sum(1 for px, py in placed if abs(math.log10(x) - math.log10(px)) < 0.35 and abs(y - py) < 0.04 * span)
+        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(5, 4 + 11 * near), fontsize=9)
+        placed.append((x, y))
     bases = [r["base"] for r in done if r.get("base") is not None]
     if bases:
         ax.axhline(bases[0], color="#888", linestyle="--", linewidth=1, label=f"base model ({bases[0]:.3g})")
