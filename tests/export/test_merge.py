@@ -39,9 +39,9 @@ def test_mergeable_kinds_pass(kind):
     assert check_mergeable(kind) is None
 
 
-def _train(tiny_llama_dir, runs_dir, run_id):
+def _train(tiny_llama_dir, runs_dir, run_id, extra=()):
     sets = [f"model.name={tiny_llama_dir}", "train.max_steps=2", "data.size=16", "eval.max_new_tokens=4",
-            f"output.runs_dir={runs_dir}", f"output.run_id={run_id}", "output.mlflow=false", "train.lr=1e-2"]
+            f"output.runs_dir={runs_dir}", f"output.run_id={run_id}", "output.mlflow=false", "train.lr=1e-2", *extra]
     result = runner.invoke(app, ["train", "quickstart", *[a for s in sets for a in ("--set", s)]], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return runs_dir / run_id
@@ -144,3 +144,47 @@ def test_classifier_requantize_keeps_its_head_in_full_precision(tiny_bert_dir, r
     reloaded = AutoModelForSequenceClassification.from_pretrained(run / "merged-nf4")
     assert type(reloaded.classifier) is torch.nn.Linear
     assert type(reloaded.bert.encoder.layer[0].attention.self.query).__name__ == "Linear4bit"
+
+
+def _schema_has(method: dict) -> bool:
+    """Whether this checkout's recipe schema accepts a `method:` block (kinds arrive with the methods branch)."""
+    from peftkit.errors import RecipeError
+    from peftkit.recipe import load_recipe
+
+    try:
+        load_recipe({"name": "p", "model": {"name": "x"}, "data": {"dataset": "shipping-emails"}, "method": method})
+    except RecipeError:
+        return False
+    return True
+
+
+def test_qlora_run_merges_on_the_full_precision_base(tiny_llama_dir, runs_dir):
+    if not _schema_has({"kind": "qlora"}):
+        pytest.skip("this checkout's recipe schema has no method.kind qlora yet")
+    from transformers import AutoModelForCausalLM
+
+    run = _train(tiny_llama_dir, runs_dir, "ql2", ["method={kind: qlora, r: 8, alpha: 16}"])
+    result = runner.invoke(app, ["merge", str(run)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    merge = json.loads((run / "metrics.json").read_text())["merge"]
+    assert merge["method"] == "qlora" and merge["passed"] and merge["max_abs_diff"] <= merge["atol"]
+    d = merge["dequantization"]  # the 4-bit adapter model (as trained) vs the float32 one (as merged)
+    assert d["max_abs_diff"] > merge["max_abs_diff"] and d["loss_4bit"] != d["loss_dequantized"]
+    assert "dequantization (4-bit" in result.output
+    merged = AutoModelForCausalLM.from_pretrained(run / "merged")
+    assert not getattr(merged, "is_loaded_in_4bit", False) and merged.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", ["prefix", "prompt"])
+def test_virtual_token_run_merge_is_one_red_line(tiny_llama_dir, runs_dir, kind):
+    if not _schema_has({"kind": kind}):
+        pytest.skip(f"this checkout's recipe schema has no method.kind {kind} yet")
+    import subprocess
+    import sys
+
+    run = _train(tiny_llama_dir, runs_dir, kind, [f"method={{kind: {kind}, num_virtual_tokens: 4}}"])
+    proc = subprocess.run([sys.executable, "-m", "peftkit.cli", "merge", str(run)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: method.kind: '{kind}' cannot be merged")
+    assert not (run / "merged").exists()
