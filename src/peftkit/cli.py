@@ -5,7 +5,8 @@
     peftkit eval RUN                   base vs tuned on the test split + forgetting gate + report.html
     peftkit report RUN [RUN2 ...]      rebuild RUN/report.html, or one page comparing runs
     peftkit inspect attention RUN --text "..."   attention entropy per layer/head, base vs tuned
-    peftkit merge RUN                  merged safetensors + parity check
+    peftkit merge RUN [--requantize nf4|int8]   merged safetensors + parity check (+ quantized copy)
+    peftkit compare RECIPE --methods lora,ia3,...  train + eval each method on the same data, one table
     peftkit recipe show RECIPE         the resolved recipe, every default filled in
     peftkit data inspect FILE          format, counts, problems, duplicates, token lengths (+ PNG)
     peftkit data prepare RECIPE        validated, cleaned, deduplicated, split data in runs/<id>/data
@@ -173,12 +174,54 @@ def _read_json(path: Path) -> dict:
 
 
 @app.command()
-def merge(run: RunArg):
-    """Merge the adapter into the base weights (RUN/merged) with a logits parity check."""
+def merge(
+    run: RunArg,
+    requantize: Annotated[Optional[str], typer.Option(
+        help="Also quantize the merged model with bitsandbytes: nf4 (4-bit) or int8; saved to RUN/merged-nf4 or "
+             "RUN/merged-int8 with its own parity figures.")] = None,
+):
+    """Merge the adapter into the base weights (RUN/merged) with a logits parity check. QLoRA runs are
+    merged into the base reloaded in model.dtype (never 4-bit), and the price of dequantizing is reported."""
     from peftkit.export.merge import merge as run_merge
 
     _quiet_libraries()
-    run_merge(run, console=err)
+    run_merge(run, console=err, requantize=requantize)
+
+
+@app.command()
+def compare(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML path or shipped recipe name.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated: lora, rslora, dora, pissa, olora, qlora, prefix, prompt, "
+                                              "ia3, loha, lokr, bottleneck, full.")] = "lora,ia3,prefix",
+    set_: SetOption = None,
+):
+    """Train and evaluate several methods on the same data and steps; one table, compare.json, a plot of
+    task metric vs trainable parameters and report.html in runs/<recipe>-compare-<timestamp>/.
+    Exits 1 at the end when a method failed for an unexpected reason (the others still run)."""
+    from peftkit.compare import compare as run_compare
+    from peftkit.resources import human_bytes
+
+    _quiet_libraries()
+    result = run_compare(recipe, methods, overrides=set_ or [], console=err)
+    metric = next((r["metric"] for r in result.rows if r.get("metric")), None) or "task metric"
+    table = _table("method", "status", metric, "base", "trainable", "peak memory", "s/step", "size", "run")
+    table.title, table.title_justify = f"peftkit compare — {result.out_dir}", "left"
+    for r in result.rows:
+        if r["status"] != "ok":
+            color = "red" if r["status"] == "failed" else "yellow"
+            table.add_row(r["method"], f"[{color}]{r['status']}[/{color}]", escape(r["reason"] or ""), "", "", "", "", "",
+                          Path(r["run_dir"]).name)
+            continue
+        table.add_row(r["method"], "[green]ok[/green]", _fmt(r["tuned"]), _fmt(r["base"]),
+                      f"{r['trainable_params']:,} ({r['trainable_percent']:.3g}%)",
+                      human_bytes(r["peak_rss_bytes"]) if r.get("peak_rss_bytes") else "–",
+                      f"{r['seconds_per_step']:.2f}", f"{human_bytes(r['size_bytes'])} ({r['size_of']})" if r.get("size_bytes") else "–",
+                      Path(r["run_dir"]).name)
+    console.print(table)
+    console.print(f"compare.json, compare.png, report: {result.out_dir}")
+    if result.failed:
+        err.print(f"[red]failed: {', '.join(result.failed)} (see the rows above)[/red]")
+        raise typer.Exit(1)
 
 
 @app.command()

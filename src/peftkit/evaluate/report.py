@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -382,11 +383,84 @@ def _render_compare(runs: list[dict]) -> str:
     return _template("compare").render(**context)
 
 
+# ------------------------------------------------------------------------------- method comparison
+
+
+def compare_png(document: dict, path: Path) -> Path:
+    """Trainable parameters (log x) against the task metric, one labelled point per finished method,
+    the base model's score as a dashed line. Written to `path` (and inlined in the comparison page)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    done = [r for r in document["rows"] if r["status"] == "ok" and r.get("tuned") is not None and r.get("trainable_params")]
+    metric = document.get("metric") or "task metric"
+    # methods at the same point share one label; labels of nearby points are stacked so they stay readable
+    points: dict[tuple, list[str]] = {}
+    for r in done:
+        points.setdefault((r["trainable_params"], r["tuned"]), []).append(r["method"])
+    ys = [y for _, y in points] or [0.0]
+    span = (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float]] = []
+    for (x, y), names in sorted(points.items()):
+        ax.scatter(x, y, s=40)
+        near = sum(1 for px, py in placed if abs(math.log10(x) - math.log10(px)) < 0.35 and abs(y - py) < 0.04 * span)
+        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(5, 4 + 11 * near), fontsize=9)
+        placed.append((x, y))
+    bases = [r["base"] for r in done if r.get("base") is not None]
+    if bases:
+        ax.axhline(bases[0], color="#888", linestyle="--", linewidth=1, label=f"base model ({bases[0]:.3g})")
+        ax.legend(loc="best", fontsize=8)
+    if done:
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "no method finished", ha="center", va="center", transform=ax.transAxes)
+    better = "lower is better" if HIGHER_IS_BETTER.get(metric, True) is False else "higher is better"
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(f"{metric} ({better})")
+    ax.set_title(f"{document['recipe']}: task metric vs trainable parameters", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def build_compare_report(document: dict, out: Path) -> ReportResult:
+    """The page of `peftkit compare`: one row per method (status, task metric, cost), the plot, and
+    links to each method's own run report. `document` is compare.json; the plot is compare.png next to `out`."""
+    import os
+
+    started = time.perf_counter()
+    out = Path(out)
+    png = out.parent / "compare.png"
+    rows = []
+    for r in document["rows"]:
+        link = os.path.relpath(r["report"], out.parent) if r.get("report") else None
+        run_link = os.path.relpath(r["run_dir"], out.parent)
+        rows.append({**r, "link": link, "run_link": run_link,
+                     "tuned_text": _num(r.get("tuned")) if r.get("tuned") is not None else "–",
+                     "base_text": _num(r.get("base")) if r.get("base") is not None else "–",
+                     "trainable_text": (f"{r['trainable_params']:,} ({r['trainable_percent']:.3g}%)"
+                                        if r.get("trainable_params") is not None else "–"),
+                     "memory_text": _memory(r) if r.get("peak_rss_bytes") else "–",
+                     "speed_text": f"{r['seconds_per_step']:.2f}" if r.get("seconds_per_step") is not None else "–",
+                     "size_text": f"{human_bytes(r['size_bytes'])} ({r['size_of']})" if r.get("size_bytes") else "–",
+                     "cls": {"ok": "", "not applicable": "none", "failed": "bad"}[r["status"]]})
+    context = {"title": f"peftkit method comparison — {document['compare_id']}", "doc": document, "rows": rows,
+               "plot": _file_png(png) if png.is_file() else None}
+    out.write_text(_template("methods").render(**context), encoding="utf-8")
+    return ReportResult(out, out.stat().st_size, time.perf_counter() - started)
+
+
+def _file_png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
 def _template(name: str):
     from jinja2 import Environment, select_autoescape
 
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
-    return env.from_string(_BASE.replace("{{BODY}}", _SINGLE if name == "single" else _COMPARE))
+    body = {"single": _SINGLE, "compare": _COMPARE, "methods": _METHODS}[name]
+    return env.from_string(_BASE.replace("{{BODY}}", body))
 
 
 _BASE = """<!DOCTYPE html>
@@ -474,4 +548,19 @@ _COMPARE = """<h1>{{ title }}</h1>
 {% if run.forgetting_rows %}<table class="forgetting"><tr><th>set</th><th>metric</th><th>base</th><th>tuned</th><th>change</th><th>gate</th></tr>
 {% for r in run.forgetting_rows %}<tr><td>{{ r.set }}</td><td>{{ r.metric }}</td><td class="num">{{ r.base }}</td><td class="num">{{ r.tuned }}</td>
 <td class="num">{{ r.delta }}</td><td class="{{ r.cls }}">{{ r.verdict }}</td></tr>{% endfor %}</table>{% endif %}{% endfor %}
+"""
+
+_METHODS = """<h1>{{ title }}</h1>
+<p>Recipe <b>{{ doc.recipe }}</b>{% if doc.overrides %} with {{ doc.overrides|join(', ') }}{% endif %}: every method trained
+with the same data, steps and seed{% if doc.data_sha256 %} (splits sha256: {% for k, v in doc.data_sha256.items() %}{{ k }} {{ v[:12] }}…{{ ', ' if not loop.last }}{% endfor %}){% endif %}.
+Task metric: <b>{{ doc.metric or '–' }}</b> on the test split.</p>
+<h2>Methods side by side</h2>
+<table id="methods"><tr><th>method</th><th>status</th><th>{{ doc.metric or 'task metric' }}</th><th>base</th><th>trainable parameters</th>
+<th>peak memory (train)</th><th>s/step</th><th>size on disk</th><th>run</th></tr>
+{% for r in rows %}<tr><td>{{ r.method }}</td><td class="{{ r.cls }}">{{ r.status }}{% if r.reason %}: {{ r.reason }}{% endif %}</td>
+<td class="num">{{ r.tuned_text }}</td><td class="num">{{ r.base_text }}</td><td class="num">{{ r.trainable_text }}</td>
+<td class="num">{{ r.memory_text }}</td><td class="num">{{ r.speed_text }}</td><td class="num">{{ r.size_text }}</td>
+<td>{% if r.link %}<a href="{{ r.link }}">report</a> · {% endif %}<a href="{{ r.run_link }}">{{ r.run_dir }}</a></td></tr>{% endfor %}</table>
+{% if plot %}<h2>Task metric vs trainable parameters</h2><img id="methods-plot" alt="task metric against trainable parameters" src="{{ plot }}">{% endif %}
+<p style="color:#777;font-size:12px">Written by <code>peftkit compare</code>; the rows are in compare.json next to this page.</p>
 """
