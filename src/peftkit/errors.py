@@ -35,4 +35,4 @@ class ForgettingGateError(PeftkitError):
 
 
 class MergeError(PeftkitError):
-    """An adapter cannot be folded into the base model's weights (the message says why)."""
+    """An adapter cannot be folded into the base model's weights, or a merged model cannot be (re)quantized here."""

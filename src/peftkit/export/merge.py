@@ -39,7 +39,7 @@ from rich.console import Console
 
 from peftkit.data.prepare import load_prepared, read_split
 from peftkit.data.records import to_prompt_completion
-from peftkit.errors import ParityError, PeftkitError
+from peftkit.errors import MergeError, ParityError
 from peftkit.rundir import dir_bytes, open_run, require, update_metrics
 
 MERGEABLE = ("lora", "qlora", "ia3", "loha", "lokr")
@@ -55,10 +55,6 @@ NOT_MERGEABLE = {
 REQUANTIZE = ("nf4", "int8")
 # never quantized: causal-LM heads (Llama-style, GPT-NeoX-style) and classifier heads (Llama-style, BERT-style)
 OUTPUT_HEADS = ("lm_head", "embed_out", "score", "classifier")
-
-
-class MergeError(PeftkitError):
-    """A run whose method cannot be merged, or a merged model that cannot be (re)quantized here."""
 
 
 def check_mergeable(kind: str) -> None:
