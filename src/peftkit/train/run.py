@@ -46,6 +46,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     from peftkit.loading import load_base_model, load_tokenizer
     from peftkit.methods.lora import parameter_counts, wrap_with_lora
     from peftkit.train.adapter_memory import adapter_inputs_uncast, fuse_lora_dropout_in_place
+    from peftkit.train.allocator import return_freed_memory_in_place
     from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
     from peftkit.train.speed import plan_speed, prepare_model_in_place
 
@@ -85,6 +86,8 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     prepare_model_in_place(model, plan)
     fused = fuse_lora_dropout_in_place(model)  # exact; backward keeps x and a seed, not mask + dropped x
     notes = [plan.summary()]
+    if plan.device == "cpu" and return_freed_memory_in_place():
+        notes.append("memory: freed tensors go back to the OS (glibc mmap threshold fixed at 128 KiB)")
     if fused:
         notes.append(f"activations: dropout fused into lora_A in {fused} layers (mask redrawn in backward)")
     if plan.bf16:
