@@ -13,7 +13,8 @@ optimizer steps, lr 2e-4, seed 42, 2 threads:
   (b) the same with `bf16=True` (plus `use_cpu=True`, which transformers requires for bf16 on CPU)
       and `packing=True`: the best a user can switch on by hand;
   (c) `peftkit.train()` with the recipe's defaults for speed (`train.precision/packing/...: auto`);
-  (d) optional (`--configs`): the same with `train.gradient_checkpointing=on` (not timed to completion yet).
+  (d) optional (`--configs`): the same with `train.gradient_checkpointing=on`;
+  (e) optional: (c) with glibc's dynamic mmap threshold (peftkit.train.allocator switched off).
 Each reports real (non-padding) tokens per second of training, seconds per optimizer step, peak
 resident memory of its process up to the end of training, and the eval loss after training: the
 mean next-token cross-entropy over the answer tokens of the validation split, computed the same
@@ -46,6 +47,7 @@ LABELS = {
     "b_stock_bf16_packing": "(b) stock + bf16 + packing",
     "c_peftkit": "(c) peftkit default",
     "d_peftkit_checkpointing": "(d) peftkit, gradient_checkpointing=on",
+    "e_peftkit_glibc_default": "(e) peftkit, glibc's own mmap threshold",
     "stock_fp32": "stock Trainer+peft, fp32",
     "peftkit": "peftkit default",
     "stock_qlora": "stock QLoRA (nf4, bf16 compute)",
@@ -197,7 +199,7 @@ def sft_eval_loss_quantized(model, tokenizer, pairs):
     return sft_eval_loss(model, tokenizer, pairs)
 
 
-def peftkit_sft(args, work: Path, overrides: dict | None = None) -> dict:
+def peftkit_sft(args, work: Path, overrides: dict | None = None, keep_glibc_default: bool = False) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -207,6 +209,10 @@ def peftkit_sft(args, work: Path, overrides: dict | None = None) -> dict:
     recipe_dict = sft_recipe(args, work)
     recipe_dict["train"].update(overrides or {})
     recipe, prep = prepared(recipe_dict, work)  # the same split peftkit.train makes (checked below)
+    if keep_glibc_default:  # (e): what peftkit.train.allocator's fixed mmap threshold is worth
+        import peftkit.train.allocator as allocator
+
+        allocator.return_freed_memory_in_place = lambda *a, **k: False
     result = peftkit.train(recipe)
     m = result.metrics
     out = {"train_seconds": m["train_seconds"], "steps": m["steps"], "tokens": m["train_tokens"],
@@ -307,6 +313,7 @@ CHILDREN = {
     "b_stock_bf16_packing": lambda a, w: stock_sft(a, w, bf16=True, packing=True),
     "c_peftkit": peftkit_sft,
     "d_peftkit_checkpointing": lambda a, w: peftkit_sft(a, w, {"gradient_checkpointing": "on"}),
+    "e_peftkit_glibc_default": lambda a, w: peftkit_sft(a, w, keep_glibc_default=True),
     "stock_fp32": stock_classify,
     "peftkit": peftkit_classify,
     "stock_qlora": lambda a, w: stock_sft(a, w, bf16=False, packing=False, quantized=True),
