@@ -32,7 +32,7 @@ ROWS = [
     ("qlora", {"kind": "qlora", "r": 4, "compute_dtype": "fp32"}, (LLAMA, BERT)),
     ("qlora-fp4-loftq", {"kind": "qlora", "r": 4, "quant_type": "fp4", "loftq": True, "compute_dtype": "fp32",
                          "target_modules": "attention"}, (LLAMA,)),
-    ("prefix", {"kind": "prefix", "num_virtual_tokens": 4}, (LLAMA,)),
+    ("prefix", {"kind": "prefix", "num_virtual_tokens": 4}, (LLAMA, BERT)),
     ("prefix-projection", {"kind": "prefix", "num_virtual_tokens": 4, "projection": True}, (LLAMA,)),
     ("prompt", {"kind": "prompt", "num_virtual_tokens": 4}, (LLAMA, BERT)),
     ("prompt-init-text", {"kind": "prompt", "num_virtual_tokens": 4, "init_text": "Extract the booking"}, (LLAMA,)),

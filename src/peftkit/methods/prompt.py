@@ -11,8 +11,8 @@
   through a small MLP.
 
 Neither changes a base weight, so neither can be merged. The model must accept
-`inputs_embeds` (prompt) or `past_key_values` (prefix); an encoder that ignores a cache cannot take
-a prefix, and that is a RecipeError saying so.
+`inputs_embeds` (prompt) or `past_key_values` (prefix); a model whose backbone takes no cache
+(e.g. DistilBERT) cannot take a prefix, and that is a RecipeError saying so.
 """
 
 from __future__ import annotations
@@ -50,9 +50,24 @@ def wrap(model: nn.Module, spec: PrefixSpec | PromptSpec, task: str):
         raise RecipeError(f"method: {spec.kind} tuning cannot wrap {type(model).__name__}: {exc}") from None
 
 
+def _takes(fn, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def _passes_kwargs(fn) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+
+
 def _check_prefix_supported(model: nn.Module) -> None:
-    """A prefix reaches attention as past_key_values; the model's forward must take them."""
-    if "past_key_values" not in inspect.signature(model.forward).parameters:
+    """A prefix reaches attention as past_key_values; the model (or the backbone it passes **kwargs to) must take them.
+
+    BertForSequenceClassification names no past_key_values but forwards **kwargs to BertModel, which
+    does; DistilBERT's backbone takes none, so a prefix would be silently dropped there.
+    """
+    backbone = getattr(model, "base_model", model)
+    reaches = _takes(model.forward, "past_key_values") or (
+        _passes_kwargs(model.forward) and backbone is not model and _takes(backbone.forward, "past_key_values"))
+    if not reaches:
         raise RecipeError(
             f"method.kind: prefix tuning passes its trained keys/values as past_key_values, and "
             f"{type(model).__name__} ({model.config.model_type}) takes no past_key_values; "
