@@ -43,7 +43,9 @@ def wrap(model: nn.Module, spec: PrefixSpec | PromptSpec, task: str):
         if spec.init_text is not None:
             text = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": spec.init_text,
                     "tokenizer_name_or_path": model.config._name_or_path}
-        config = PromptTuningConfig(task_type=peft_task_type(task), num_virtual_tokens=spec.num_virtual_tokens, **text)
+        # token_dim from the input embeddings: peft reads config.hidden_size, which some configs name otherwise
+        config = PromptTuningConfig(task_type=peft_task_type(task), num_virtual_tokens=spec.num_virtual_tokens,
+                                    token_dim=model.get_input_embeddings().embedding_dim, **text)
     try:
         return get_peft_model(model, config)
     except (OSError, ValueError) as exc:
