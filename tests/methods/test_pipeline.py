@@ -6,6 +6,8 @@ import json
 import pytest
 from rich.console import Console
 
+from peftkit.errors import RecipeError
+from peftkit.evaluate.attention import inspect_attention
 from peftkit.evaluate.run import evaluate
 from peftkit.train.run import train
 
@@ -49,3 +51,11 @@ def test_train_then_evaluate(method, artifact, files, tiny_llama_dir, runs_dir):
     assert any(d["loss"]["delta"] != 0 for d in results["forgetting"]["deltas"].values() if "loss" in d)
     predictions = [json.loads(l) for l in (run / "eval_predictions.jsonl").read_text().splitlines()]
     assert all(isinstance(p["tuned"], str) for p in predictions)
+
+    text = "Please book 2 x 40HC from Shanghai to Rotterdam"
+    if artifact == "adapter":  # prompt tuning: extra virtual tokens, maps not comparable head by head
+        with pytest.raises(RecipeError, match="prompt tuning cannot be inspected head by head"):
+            inspect_attention(run, text=text)
+    else:  # the fully tuned model's attention differs from the base's
+        summary = inspect_attention(run, text=text).summary
+        assert abs(summary["most_changed"][0]["change"]) > 0

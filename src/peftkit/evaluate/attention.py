@@ -111,7 +111,7 @@ def inspect_attention(run_dir: str | Path, text: str, layers: list[int] | None =
     """
     from peftkit.data.prepare import load_prepared
     from peftkit.loading import load_base_model, load_tokenizer
-    from peftkit.methods import PROMPT_LEARNING_KINDS, artifact_name, base_quantization, load_tuned
+    from peftkit.methods import PROMPT_LEARNING_KINDS, artifact_name, base_quantization, load_tuned, trained_precision
     from peftkit.rundir import open_run, require
 
     if not text.strip():
@@ -129,7 +129,7 @@ def inspect_attention(run_dir: str | Path, text: str, layers: list[int] | None =
     tokenizer = load_tokenizer(recipe.model)
     task = "sequence-classification" if prepared.task == "classification" else "causal-lm"
     model = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed,
-                            quantization=base_quantization(method, task))  # qlora: the 4-bit base, as trained
+                            quantization=base_quantization(method, task, trained_precision(recipe)))  # qlora: the 4-bit base, as trained
     model.set_attn_implementation("eager")  # sdpa/flash kernels never materialise the probabilities
     causal = prepared.task != "classification"
 

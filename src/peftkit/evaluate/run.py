@@ -12,6 +12,11 @@ suite (eval.general, see `forgetting.py`) is scored on both for causal LMs. Resu
 metrics.json as {"base", "tuned", "forgetting", "eval"}; every test example's base and tuned answers
 go to `eval_predictions.jsonl`. When a threshold of eval.max_forgetting is exceeded, everything is
 still written and then ForgettingGateError names the threshold (`peftkit eval` exits 1).
+
+The tuned model per method (`peftkit.methods.load_tuned`): the base with RUN/adapter attached for
+every PEFT kind (prefix/prompt tuning through peft's forward and generate, which add the virtual
+tokens); for qlora the base is loaded 4-bit as in training and scored so as base too, so base and
+tuned differ only by the adapter; for full fine-tuning the whole model in RUN/model.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
     """
     from peftkit.evaluate import forgetting
     from peftkit.loading import load_base_model, load_tokenizer
-    from peftkit.methods import artifact_name, base_quantization, load_tuned
+    from peftkit.methods import artifact_name, base_quantization, load_tuned, trained_precision
 
     console = console or Console(stderr=True)
     run_dir, recipe = open_run(run_dir)
@@ -69,7 +74,7 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
     # qlora: base and tuned share the 4-bit base training used, so their scores differ only by the adapter.
     task = "sequence-classification" if prepared.task == "classification" else "causal-lm"
     model = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed,
-                            quantization=base_quantization(method, task))
+                            quantization=base_quantization(method, task, trained_precision(recipe)))
 
     def load_full(folder: Path):
         return load_base_model(recipe.model.model_copy(update={"name": str(folder)}), prepared.task, prepared.labels,

@@ -28,7 +28,7 @@ from peftkit.methods.lora import linear_module_names, needs_initial_snapshot, pa
 
 __all__ = ["MERGEABLE_KINDS", "PROMPT_LEARNING_KINDS", "apply_method", "artifact_name", "base_quantization",
            "describe_method", "linear_module_names", "load_tuned", "parameter_counts", "resolve_targets",
-           "save_tuned", "snapshot_initial", "wrap_with_lora"]
+           "save_tuned", "snapshot_initial", "trained_precision", "wrap_with_lora"]
 
 TASKS = ("causal-lm", "sequence-classification")
 MERGEABLE_KINDS = frozenset({"lora", "qlora", "ia3", "loha", "lokr"})
@@ -91,12 +91,19 @@ def base_quantization(spec, task: str = "causal-lm", precision: str | None = Non
     return quantization_config(spec, precision, task)
 
 
+def trained_precision(recipe) -> str:
+    """The precision training ran at on this machine (bf16 or fp32): a 4-bit base is reloaded with that compute dtype."""
+    from peftkit.train.precision import resolve_precision
+
+    return resolve_precision(recipe.train.precision).name
+
+
 def describe_method(spec) -> str:
     """One short line naming the method and its main settings, e.g. 'LoRA r=16 (DoRA)', 'prefix tuning (20 tokens)'."""
     kind = spec.kind
     if kind in ("lora", "qlora"):
-        flags = [f for f, on in (("rsLoRA", spec.rslora), ("DoRA", spec.dora), (spec.init.upper() + " init", spec.init != "default"))
-                 if on]
+        init = {"pissa": "PiSSA init", "olora": "OLoRA init"}.get(spec.init)
+        flags = [f for f, on in (("rsLoRA", spec.rslora), ("DoRA", spec.dora), (init, init is not None)) if on]
         if kind == "qlora":
             flags.insert(0, f"4-bit {spec.quant_type}" + (", LoftQ" if spec.loftq else ""))
         name = "QLoRA" if kind == "qlora" else "LoRA"
