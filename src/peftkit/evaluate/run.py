@@ -21,6 +21,7 @@ tuned differ only by the adapter; for full fine-tuning the whole model in RUN/mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -80,14 +81,22 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
         return load_base_model(recipe.model.model_copy(update={"name": str(folder)}), prepared.task, prepared.labels,
                                recipe.train.seed)
 
+    tuned = None
+    base_view = contextlib.nullcontext()
+    if method.kind == "qlora":
+        # transformers' Trainer (the chat loss uses it) refuses a bare 4-bit model even to evaluate, so the
+        # base is scored as the 4-bit model with its adapter attached and disabled: the same function.
+        tuned = load_tuned(model, method, run_dir)
+        model, base_view = tuned, tuned.disable_adapter()
     with _progress(console) as progress:
-        base_out = _score(model, tokenizer, rows, prepared, recipe, families, progress, "base ")
-        base_general = forgetting.score_suite(model, tokenizer, suite, recipe.eval.general, recipe.eval.batch_size,
-                                              recipe, progress, "base ")
+        with base_view:
+            base_out = _score(model, tokenizer, rows, prepared, recipe, families, progress, "base ")
+            base_general = forgetting.score_suite(model, tokenizer, suite, recipe.eval.general, recipe.eval.batch_size,
+                                                  recipe, progress, "base ")
         if method.kind == "full":
             del model  # the tuned model is a second full copy: drop the base first
         # base + RUN/adapter (peft adds it to `model` in place), or RUN/model for full fine-tuning
-        tuned = load_tuned(None if method.kind == "full" else model, method, run_dir, load_full=load_full)
+        tuned = tuned or load_tuned(None if method.kind == "full" else model, method, run_dir, load_full=load_full)
         tuned_out = _score(tuned, tokenizer, rows, prepared, recipe, families, progress, "tuned")
         tuned_general = forgetting.score_suite(tuned, tokenizer, suite, recipe.eval.general, recipe.eval.batch_size,
                                                recipe, progress, "tuned")
