@@ -26,14 +26,23 @@ def load_tokenizer(spec: ModelSpec):
     return tokenizer
 
 
-def load_causal_lm(spec: ModelSpec):
+def load_causal_lm(spec: ModelSpec, quantization=None):
     from transformers import AutoModelForCausalLM
 
     source = resolve_model(spec.name)
-    return _from_pretrained(AutoModelForCausalLM, source, spec.name, dtype=DTYPES[spec.dtype])
+    return _from_pretrained(AutoModelForCausalLM, source, spec.name, dtype=DTYPES[spec.dtype],
+                            **_quantized(quantization))
 
 
-def load_classifier(spec: ModelSpec, labels: list[str]):
+def _quantized(quantization) -> dict:
+    """from_pretrained arguments that load the linear layers in 4 bits (bitsandbytes), or none."""
+    if quantization is None:
+        return {}
+    # bitsandbytes 4-bit works on CPU as well as CUDA; device_map puts the model where training runs.
+    return {"quantization_config": quantization, "device_map": {"": "cuda:0" if torch.cuda.is_available() else "cpu"}}
+
+
+def load_classifier(spec: ModelSpec, labels: list[str], quantization=None):
     """A sequence classifier with a fresh head sized for `labels` (trained as part of the adapter)."""
     from transformers import AutoModelForSequenceClassification
 
@@ -46,6 +55,7 @@ def load_classifier(spec: ModelSpec, labels: list[str]):
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
+        **_quantized(quantization),
     )
 
 
@@ -65,15 +75,21 @@ def _from_pretrained(auto_cls, source: str, name: str, **kwargs):
         hf_logging.set_verbosity(verbosity)
 
 
-def load_base_model(spec: ModelSpec, data_task: str, labels: list[str] | None, seed: int):
+def load_base_model(spec: ModelSpec, data_task: str, labels: list[str] | None, seed: int, quantization=None):
     """The base model a task trains on: a causal LM, or a classifier for `labels`.
 
     The seed is set first so that a classifier's fresh head starts identically in train, eval
     and merge (its trained copy is saved with the adapter).
+
+    Args:
+        quantization: a transformers BitsAndBytesConfig to load the linear layers in 4 bits (QLoRA;
+            `peftkit.methods.base_quantization(recipe.method)`), or None for `spec.dtype` weights.
+            The head and the layers transformers keeps unquantized stay in `spec.dtype`. A 4-bit
+            model is never merged into: merge reloads the base unquantized.
     """
     from transformers import set_seed
 
     set_seed(seed)
     if data_task == "classification":
-        return load_classifier(spec, labels or [])
-    return load_causal_lm(spec)
+        return load_classifier(spec, labels or [], quantization)
+    return load_causal_lm(spec, quantization)

@@ -13,7 +13,7 @@ typo never silently becomes a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -102,24 +102,157 @@ class DataSpec(Spec):
         return self
 
 
+TARGET_PRESETS = ("attention", "attention-all", "all-linear")
+
+
+def _check_targets(v: str | list[str], presets: tuple[str, ...] = TARGET_PRESETS) -> str | list[str]:
+    if isinstance(v, str) and v not in presets:
+        raise ValueError(f"a preset must be one of {', '.join(repr(p) for p in presets)}; give explicit names as a list")
+    if isinstance(v, list) and not v:
+        raise ValueError("the list of target modules is empty")
+    return v
+
+
 class LoraSpec(Spec):
+    """LoRA and its variants through peft: rsLoRA, DoRA, PiSSA / OLoRA initialisation."""
+
     kind: Literal["lora"] = "lora"
     r: int = Field(16, gt=0, description="Rank of the update B·A.")
-    alpha: float = Field(32.0, gt=0, description="Scale of the update is alpha / r.")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    alpha: float = Field(32.0, gt=0, description="Scale of the update is alpha / r (alpha / sqrt(r) with rslora).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: str | list[str] = Field(
         "all-linear",
-        description="Preset `attention` (q,v), `all-linear`, or explicit module names such as [q_proj, v_proj].",
+        description="Preset `attention` (q,v), `attention-all` (q,k,v,o), `all-linear`, or explicit module "
+        "names (suffixes) such as [q_proj, v_proj] or [attention.output.dense].",
+    )
+    rslora: bool = Field(False, description="Rank-stabilised LoRA: scale alpha / sqrt(r) instead of alpha / r.")
+    dora: bool = Field(False, description="DoRA: learn a magnitude per output feature on top of the LoRA direction.")
+    init: Literal["default", "pissa", "olora"] = Field(
+        "default",
+        description="default: B = 0 (the model starts unchanged); pissa: A, B from the top singular vectors "
+        "of each weight (SVD, the residual stays frozen); olora: A, B from a QR decomposition of each weight.",
     )
 
     @field_validator("target_modules")
     @classmethod
     def _known_preset(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, str) and v not in ("attention", "all-linear"):
-            raise ValueError("a preset must be 'attention' or 'all-linear'; give explicit names as a list")
-        if isinstance(v, list) and not v:
-            raise ValueError("the list of target modules is empty")
+        return _check_targets(v)
+
+
+class QLoraSpec(LoraSpec):
+    """LoRA over a base loaded in 4 bits with bitsandbytes (NF4/FP4); the adapter is saved like LoRA's."""
+
+    kind: Literal["qlora"] = "qlora"
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the frozen base weights.")
+    double_quant: bool = Field(True, description="Quantize the per-block absmax constants too (~0.4 bit/weight less).")
+    compute_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="dtype the 4-bit weights are dequantized to for each matmul; auto: bf16 where the "
+        "hardware path is bf16 (train.precision), else fp32.",
+    )
+    loftq: bool = Field(
+        False, description="LoftQ: initialise A, B so that quantized base + B·A approximates the full-precision "
+        "weights (read from the base model's safetensors), instead of B = 0.",
+    )
+
+    @model_validator(mode="after")
+    def _init_for_4bit(self) -> "QLoraSpec":
+        if self.init != "default":
+            raise ValueError(f"init: {self.init} decomposes full-precision weights, which a 4-bit base no longer has; "
+                             "use init: default (optionally loftq: true) for qlora, or kind: lora")
+        return self
+
+
+class PrefixSpec(Spec):
+    """Prefix tuning: trained key/value vectors prepended in every attention layer (not mergeable)."""
+
+    kind: Literal["prefix"] = "prefix"
+    num_virtual_tokens: int = Field(20, gt=0, description="Prefix length: trained key/value positions per layer.")
+    projection: bool = Field(False, description="Reparameterise the prefix through a 2-layer MLP (peft prefix_projection).")
+
+
+class PromptSpec(Spec):
+    """Prompt tuning: trained input embeddings prepended to every input (not mergeable)."""
+
+    kind: Literal["prompt"] = "prompt"
+    num_virtual_tokens: int = Field(20, gt=0, description="Virtual tokens prepended to the input.")
+    init_text: str | None = Field(
+        None, description="Initialise the virtual tokens from this text's token embeddings (default: random)."
+    )
+
+    @field_validator("init_text")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("init_text is empty; give a text or null")
         return v
+
+
+class IA3Spec(Spec):
+    """IA3: learned per-feature scaling of selected activations (mergeable)."""
+
+    kind: Literal["ia3"] = "ia3"
+    target_modules: str | list[str] = Field(
+        "attention-ffn",
+        description="`attention-ffn`: peft's default per architecture (e.g. k, v and the FFN output), or a "
+        "preset `attention` / `attention-all` / `all-linear`, or explicit module names.",
+    )
+    feedforward_modules: list[str] | None = Field(
+        None, description="Targets whose input (not output) is scaled; must be among target_modules. "
+        "Default: peft's per-architecture choice with attention-ffn, else none.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _known_preset(cls, v: str | list[str]) -> str | list[str]:
+        return _check_targets(v, ("attention-ffn", *TARGET_PRESETS))
+
+    @model_validator(mode="after")
+    def _feedforward_subset(self) -> "IA3Spec":
+        ff = self.feedforward_modules
+        if ff and isinstance(self.target_modules, list):
+            extra = [m for m in ff if m not in self.target_modules]
+            if extra:
+                raise ValueError(f"feedforward_modules {extra} are not in target_modules {self.target_modules}")
+        if ff and self.target_modules == "attention-ffn":
+            raise ValueError("feedforward_modules needs explicit target_modules (attention-ffn picks both)")
+        return self
+
+
+class LoHaSpec(Spec):
+    """LoHa (LyCORIS): the update is the Hadamard product of two low-rank products (mergeable)."""
+
+    kind: Literal["loha"] = "loha"
+    r: int = Field(8, gt=0, description="Rank of each low-rank factor.")
+    alpha: float = Field(16.0, gt=0, description="Scale of the update is alpha / r.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Preset `attention`, `attention-all`, `all-linear`, or explicit module names."
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _known_preset(cls, v: str | list[str]) -> str | list[str]:
+        return _check_targets(v)
+
+
+class LoKrSpec(LoHaSpec):
+    """LoKr (LyCORIS): the update is a Kronecker product of a small and a low-rank matrix (mergeable)."""
+
+    kind: Literal["lokr"] = "lokr"
+
+
+class FullSpec(Spec):
+    """Full fine-tuning baseline: every weight trains; the whole model is saved to RUN/model/."""
+
+    kind: Literal["full"] = "full"
+
+
+# One class per `method.kind`. To add a method, define its spec above and append it here.
+METHOD_SPECS: tuple[type[Spec], ...] = (LoraSpec, QLoraSpec, PrefixSpec, PromptSpec, IA3Spec, LoHaSpec, LoKrSpec, FullSpec)
+MethodSpec = Annotated[Union[METHOD_SPECS], Field(discriminator="kind")]
+
+
+def method_kinds() -> list[str]:
+    return [cls.model_fields["kind"].default for cls in METHOD_SPECS]
 
 
 class EarlyStoppingSpec(Spec):
@@ -187,6 +320,11 @@ class TrainSpec(Spec):
             return "on" if v else "off"
         return v
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = Field(
+        "adamw",
+        description="adamw: torch AdamW; adamw_8bit: bitsandbytes 8-bit states; paged_*: states in paged memory "
+        "that can spill to the host under GPU memory pressure (CUDA only; on CPU they run non-paged).",
+    )
 
 
 MetricFamily = Literal["extraction", "classification", "generation", "perplexity"]
@@ -260,11 +398,18 @@ class Recipe(Spec):
     description: str = ""
     model: ModelSpec
     data: DataSpec
-    method: LoraSpec = Field(default_factory=LoraSpec)
+    method: MethodSpec = Field(default_factory=LoraSpec, description="PEFT method; `kind` picks it (default lora).")
     train: TrainSpec = Field(default_factory=TrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _default_kind(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "kind" not in v:
+            return {"kind": "lora", **v}  # `kind` may be left out: lora
+        return v
 
 
 def recipes_dir() -> Path:
@@ -334,9 +479,16 @@ def _apply_override(raw: dict, item: str, source: str) -> None:
 
 def _format_validation_error(source: str, exc: ValidationError) -> str:
     lines = []
+    kinds = method_kinds()
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "<recipe>"
-        if err["type"] == "extra_forbidden":
+        loc = list(err["loc"])
+        if loc[:1] == ["method"] and len(loc) > 1 and loc[1] in kinds:
+            del loc[1]  # the union's tag: `method.r`, not `method.lora.r`
+        path = ".".join(str(p) for p in loc) or "<recipe>"
+        if err["type"] == "union_tag_invalid":
+            got = err.get("input", {}).get("kind") if isinstance(err.get("input"), dict) else None
+            lines.append(f"{path}.kind: unknown method {got!r}; expected one of {', '.join(kinds)}")
+        elif err["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key")
         elif err["type"] == "missing":
             lines.append(f"{path}: required field is missing")

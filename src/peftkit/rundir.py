@@ -4,6 +4,7 @@
       recipe.yaml      the resolved recipe
       data/            train/val/test JSONL + manifest.json
       adapter/         PEFT-format adapter (adapter_config.json + adapter_model.safetensors)
+      model/           full fine-tuning instead of adapter/: the whole model (safetensors + tokenizer)
       merged/          merged model (safetensors), after `peftkit merge`
       metrics.json     {"train": …, "base": …, "tuned": …, "merge": …}
       train.log        one line per logged training step
@@ -24,8 +25,8 @@ def new_run_dir(recipe: Recipe) -> Path:
     """Create `runs_dir/<run_id>` (default id: <name>-<UTC timestamp>) and write the resolved recipe."""
     run_id = recipe.output.run_id or f"{recipe.name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     run_dir = Path(recipe.output.runs_dir) / run_id
-    if (run_dir / "adapter").exists():
-        raise RunDirError(f"{run_dir}: already holds a trained adapter; choose another output.run_id")
+    if (run_dir / "adapter").exists() or (run_dir / "model").exists():
+        raise RunDirError(f"{run_dir}: already holds a trained adapter or model; choose another output.run_id")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(dump_recipe(recipe), encoding="utf-8")
     return run_dir
@@ -77,6 +78,7 @@ def list_runs(runs_dir: str | Path = "runs") -> list[dict]:
                 "path": str(run_dir),
                 "modified": recipe_file.stat().st_mtime,
                 "adapter": (run_dir / "adapter").is_dir(),
+                "model": (run_dir / "model").is_dir(),
                 "merged": (run_dir / "merged").is_dir(),
                 "train": metrics.get("train", {}),
                 "base": metrics.get("base", {}),

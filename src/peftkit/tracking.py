@@ -2,7 +2,7 @@
 
 The store is `sqlite:///<runs_dir>/mlflow.db` unless `output.tracking_uri` names another. Logged:
 the flattened resolved recipe as params, the training numbers and loss curve as metrics, the run
-directory as a tag, and the adapter folder as artifacts.
+directory as a tag, and the adapter folder as artifacts (a fully fine-tuned model's folder as a tag).
 """
 
 from __future__ import annotations
@@ -48,7 +48,10 @@ def log_training(recipe: Recipe, run_dir: Path, metrics: dict) -> str:
             mlflow.log_metric("loss", point["loss"], step=point["step"])
         for point in metrics.get("val_history", []):
             mlflow.log_metric("val_loss", point["val_loss"], step=point["step"])
-        mlflow.log_artifacts(str(run_dir / "adapter"), artifact_path="adapter")
+        if (run_dir / "adapter").is_dir():
+            mlflow.log_artifacts(str(run_dir / "adapter"), artifact_path="adapter")
+        else:  # full fine-tuning: the whole model stays in the run directory, not copied into the store
+            mlflow.set_tag("peftkit.model_dir", str((run_dir / "model").resolve()))
         run_id = run.info.run_id
     (run_dir / "mlflow_run_id").write_text(run_id, encoding="utf-8")
     return run_id

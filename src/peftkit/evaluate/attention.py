@@ -109,24 +109,39 @@ def inspect_attention(run_dir: str | Path, text: str, layers: list[int] | None =
             whose entropy changed most (at most 4 drawn).
         top: how many most-changed heads to list.
     """
-    from peft import PeftModel
-
     from peftkit.data.prepare import load_prepared
     from peftkit.loading import load_base_model, load_tokenizer
+    from peftkit.methods import PROMPT_LEARNING_KINDS, artifact_name, base_quantization, load_tuned, trained_precision
     from peftkit.rundir import open_run, require
 
     if not text.strip():
         raise RecipeError("--text: give the text to inspect (it is empty)")
     run_dir, recipe = open_run(run_dir)
-    adapter_dir = require(run_dir, "adapter", "train")
+    method = recipe.method
+    if method.kind in PROMPT_LEARNING_KINDS:
+        raise RecipeError(
+            f"method.kind: {method.kind} tuning cannot be inspected head by head against the base: it adds "
+            f"{method.num_virtual_tokens} virtual {'tokens' if method.kind == 'prompt' else 'keys per layer'} that "
+            f"take part of every row's attention, so base and tuned attention maps have different shapes and "
+            f"their entropies are not comparable")
+    require(run_dir, artifact_name(method), "train")
     prepared = load_prepared(run_dir / "data")
     tokenizer = load_tokenizer(recipe.model)
-    model = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed)
+    task = "sequence-classification" if prepared.task == "classification" else "causal-lm"
+    model = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed,
+                            quantization=base_quantization(method, task, trained_precision(recipe)))  # qlora: the 4-bit base, as trained
     model.set_attn_implementation("eager")  # sdpa/flash kernels never materialise the probabilities
     causal = prepared.task != "classification"
 
+    def load_full(folder: Path):
+        tuned = load_base_model(recipe.model.model_copy(update={"name": str(folder)}), prepared.task,
+                                prepared.labels, recipe.train.seed)
+        tuned.set_attn_implementation("eager")
+        return tuned
+
     base_maps, tokens = attention_maps(model, tokenizer, text, max_length)
-    tuned_model = PeftModel.from_pretrained(model, adapter_dir)
+    # base + RUN/adapter, or RUN/model for full fine-tuning
+    tuned_model = load_tuned(None if method.kind == "full" else model, method, run_dir, load_full=load_full)
     tuned_maps, _ = attention_maps(tuned_model, tokenizer, text, max_length)
     n_layers, n_heads = len(base_maps), base_maps[0].shape[0]
     for name, values, limit in (("--layers", layers, n_layers), ("--heads", heads, n_heads)):

@@ -162,7 +162,9 @@ def text_perplexity(model, tokenizer, texts: list[str], max_length: int, batch_s
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
                         max_length=max_length).to(model.device)
-        logits = model(**enc).logits[:, :-1].float()  # [batch, seq-1, vocab]: position t predicts token t+1
+        # prompt tuning returns logits for its virtual tokens first: keep the last seq positions
+        logits = model(**enc).logits[:, -enc["input_ids"].shape[1] :][:, :-1].float()  # [batch, seq-1, vocab]
+        # position t predicts token t+1
         targets = enc["input_ids"][:, 1:].masked_fill(enc["attention_mask"][:, 1:] == 0, -100)
         total_nll += torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum").item()

@@ -84,17 +84,22 @@ def headline_metric(scores: dict) -> str | None:
 
 
 def _facts(run: dict) -> list[tuple[str, str]]:
+    from peftkit.methods import describe_method
+
     r, m = run["recipe"], run["metrics"]
     t, ev = m.get("train", {}), m.get("eval", {})
     method = r.method
-    targets = method.target_modules if isinstance(method.target_modules, str) else ", ".join(method.target_modules)
+    targets = getattr(method, "target_modules", None)
+    if targets is not None and not isinstance(targets, str):
+        targets = ", ".join(targets)
     facts = [
         ("recipe", r.name),
         ("base model", r.model.name),
         ("data", f"{r.data.dataset} ({_data_counts(run['dir'])})"),
-        ("method", f"{method.kind} r={method.r}, alpha={method.alpha:g}, targets {targets}"),
+        ("method", describe_method(method) + (f", targets {targets}" if targets else "")),
         ("trainable parameters", f"{t.get('trainable_params', 0):,} ({t.get('trainable_percent', 0):.2f}%)"),
-        ("adapter size", f"{human_bytes(t['adapter_bytes'])} vs {human_bytes(t['base_model_bytes'])} base "
+        ("model size" if "model_bytes" in t else "adapter size",
+         f"{human_bytes(t['adapter_bytes'])} vs {human_bytes(t['base_model_bytes'])} base "
                          f"({t['adapter_bytes'] / t['base_model_bytes']:.1%})" if "adapter_bytes" in t else "–"),
         ("training", f"{t.get('steps', '–')} steps in {t.get('train_seconds', 0):.0f} s "
                      f"({t.get('seconds_per_step', 0):.2f} s/step, {t.get('tokens_per_second', 0):.0f} tokens/s)"),

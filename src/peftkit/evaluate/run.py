@@ -12,10 +12,16 @@ suite (eval.general, see `forgetting.py`) is scored on both for causal LMs. Resu
 metrics.json as {"base", "tuned", "forgetting", "eval"}; every test example's base and tuned answers
 go to `eval_predictions.jsonl`. When a threshold of eval.max_forgetting is exceeded, everything is
 still written and then ForgettingGateError names the threshold (`peftkit eval` exits 1).
+
+The tuned model per method (`peftkit.methods.load_tuned`): the base with RUN/adapter attached for
+every PEFT kind (prefix/prompt tuning through peft's forward and generate, which add the virtual
+tokens); for qlora the base is loaded 4-bit as in training and scored so as base too, so base and
+tuned differ only by the adapter; for full fine-tuning the whole model in RUN/model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -48,16 +54,16 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
         gate: raise ForgettingGateError when a threshold of eval.max_forgetting is exceeded.
         report: (re)build RUN/report.html.
     """
-    from peft import PeftModel
-
     from peftkit.evaluate import forgetting
     from peftkit.loading import load_base_model, load_tokenizer
+    from peftkit.methods import artifact_name, base_quantization, load_tuned, trained_precision
 
     console = console or Console(stderr=True)
     run_dir, recipe = open_run(run_dir)
     if overrides:
         recipe = load_recipe(run_dir / "recipe.yaml", overrides)
-    adapter_dir = require(run_dir, "adapter", "train")
+    method = recipe.method
+    require(run_dir, artifact_name(method), "train")
     prepared = load_prepared(run_dir / "data")
     rows = read_split(prepared.data_dir, "test")[: recipe.eval.max_examples]
     if not rows:
@@ -66,13 +72,31 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
     suite = _general_sets(recipe, prepared)
     started = time.perf_counter()
     tokenizer = load_tokenizer(recipe.model)
-    model = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed)
+    # qlora: base and tuned share the 4-bit base training used, so their scores differ only by the adapter.
+    task = "sequence-classification" if prepared.task == "classification" else "causal-lm"
+    model = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed,
+                            quantization=base_quantization(method, task, trained_precision(recipe)))
 
+    def load_full(folder: Path):
+        return load_base_model(recipe.model.model_copy(update={"name": str(folder)}), prepared.task, prepared.labels,
+                               recipe.train.seed)
+
+    tuned = None
+    base_view = contextlib.nullcontext()
+    if method.kind == "qlora":
+        # transformers' Trainer (the chat loss uses it) refuses a bare 4-bit model even to evaluate, so the
+        # base is scored as the 4-bit model with its adapter attached and disabled: the same function.
+        tuned = load_tuned(model, method, run_dir)
+        model, base_view = tuned, tuned.disable_adapter()
     with _progress(console) as progress:
-        base_out = _score(model, tokenizer, rows, prepared, recipe, families, progress, "base ")
-        base_general = forgetting.score_suite(model, tokenizer, suite, recipe.eval.general, recipe.eval.batch_size,
-                                              recipe, progress, "base ")
-        tuned = PeftModel.from_pretrained(model, adapter_dir)  # adds the adapter to `model` in place
+        with base_view:
+            base_out = _score(model, tokenizer, rows, prepared, recipe, families, progress, "base ")
+            base_general = forgetting.score_suite(model, tokenizer, suite, recipe.eval.general, recipe.eval.batch_size,
+                                                  recipe, progress, "base ")
+        if method.kind == "full":
+            del model  # the tuned model is a second full copy: drop the base first
+        # base + RUN/adapter (peft adds it to `model` in place), or RUN/model for full fine-tuning
+        tuned = tuned or load_tuned(None if method.kind == "full" else model, method, run_dir, load_full=load_full)
         tuned_out = _score(tuned, tokenizer, rows, prepared, recipe, families, progress, "tuned")
         tuned_general = forgetting.score_suite(tuned, tokenizer, suite, recipe.eval.general, recipe.eval.batch_size,
                                                recipe, progress, "tuned")
@@ -90,6 +114,7 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
         "tuned": tuned_out["scores"],
         "forgetting": section,
         "eval": {"split": "test", "examples": len(rows), "metrics": families, "overrides": list(overrides or []),
+                 "method": method.kind, "tuned_model": tuned_description(method),
                  "seconds": time.perf_counter() - started, **peak_memory()},
     }
     update_metrics(run_dir, **results)
@@ -108,6 +133,15 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
     if gate:
         forgetting.raise_if_failed(checks, results)
     return results
+
+
+def tuned_description(method) -> str:
+    """What eval scored as "tuned" (and, for qlora, as "base")."""
+    if method.kind == "full":
+        return "RUN/model (fully fine-tuned)"
+    if method.kind == "qlora":
+        return f"4-bit {method.quant_type} base + RUN/adapter (base scored 4-bit too, as trained)"
+    return "base + RUN/adapter"
 
 
 def task_metrics(chosen: list[str] | None, task: str) -> list[str]:

@@ -23,28 +23,59 @@ class WontFitError(PeftkitError):
     """The planned training run needs more memory than the device has (use --force to try anyway)."""
 
 
+# train.optimizer → the planner's optimizer names
+PLANNER_OPTIMIZERS = {"adamw": "adamw", "adamw_8bit": "adamw-8bit", "paged_adamw": "paged-adamw",
+                      "paged_adamw_8bit": "paged-adamw-8bit"}
+
+
+def planner_method(method) -> tuple[dict, str | None]:
+    """The TrainPlanSpec fields (method, rank, targets, dropout, virtual_tokens) for a recipe's method, and a
+    note when the planner does not model the kind exactly and plans a stand-in for it."""
+    kind = method.kind
+    targets = getattr(method, "target_modules", "all-linear")
+    if kind in ("lora", "qlora"):
+        planned = "dora" if (kind == "lora" and method.dora) else kind
+        note = "plan: DoRA over a 4-bit base is planned as QLoRA (no magnitude vectors)" if (
+            kind == "qlora" and method.dora) else None
+        return {"method": planned, "rank": method.r, "targets": targets, "lora_dropout": method.dropout}, note
+    if kind in ("prefix", "prompt"):
+        return {"method": kind, "virtual_tokens": method.num_virtual_tokens}, None
+    if kind == "full":
+        return {"method": "full"}, None
+    # Not modelled by the planner: plan LoRA with at least as many trainable parameters on the same layers.
+    stand_in = {"ia3": 1, "loha": 2 * getattr(method, "r", 1), "lokr": getattr(method, "r", 1)}.get(kind)
+    if stand_in is None:
+        return {"method": "lora"}, f"plan: {kind} is not modelled by the planner; planned as LoRA r=16 on all-linear"
+    if kind == "ia3" or not isinstance(targets, (str, list)) or targets == "attention-ffn":
+        targets = "all-linear"
+    return ({"method": "lora", "rank": stand_in, "targets": targets, "lora_dropout": 0.0},
+            f"plan: {kind} is not modelled by the planner; planned as LoRA r={stand_in} on {targets if isinstance(targets, str) else ', '.join(targets)} "
+            f"(at least its trainable parameters)")
+
+
 def spec_from_recipe(recipe: Recipe, device: str) -> TrainPlanSpec:
     """The TrainPlanSpec a recipe's training run corresponds to (the sequence is data.max_length)."""
     from peftkit.catalog.datasets import BUILTIN_DATASETS
 
-    method = recipe.method
-    kind = getattr(method, "kind", "lora")
     data_task = recipe.data.task or (BUILTIN_DATASETS[recipe.data.dataset].task
                                      if recipe.data.dataset in BUILTIN_DATASETS else None)
     task = None if data_task is None else ("sequence-classification" if data_task == "classification" else "causal-lm")
     num_labels = 5 if recipe.data.dataset == "bbc-news" else 2  # a head's size hardly matters to memory
+    fields, _ = planner_method(recipe.method)
+    if fields["method"] not in METHODS:  # a planner without this method: plan LoRA rather than fail
+        fields = {"method": "lora"}
+    extra = {"double_quant": recipe.method.double_quant} if recipe.method.kind == "qlora" else {}
     return TrainPlanSpec(
         model=recipe.model.name,
         task=task,
         num_labels=num_labels,
-        method=kind if kind in METHODS else "lora",
-        rank=getattr(method, "r", 16),
-        targets=getattr(method, "target_modules", "all-linear"),
-        lora_dropout=getattr(method, "dropout", 0.0),
+        **fields,
+        **extra,
         dtype=recipe.model.dtype,
         batch=recipe.train.batch_size,
         seq=recipe.data.max_length,
-        gradient_checkpointing=bool(getattr(recipe.train, "gradient_checkpointing", False)),
+        gradient_checkpointing=recipe.train.gradient_checkpointing == "on",  # auto: planned without (the larger peak)
+        optimizer=PLANNER_OPTIMIZERS[recipe.train.optimizer],
         device=device,
     )
 
@@ -61,6 +92,9 @@ def check_fits(recipe: Recipe, console: Console, device: Device | None = None) -
 
     device = device or current_device()
     spec = spec_from_recipe(recipe, device.kind)
+    note = planner_method(recipe.method)[1]
+    if note:
+        console.print(note)
     plan = plan_training(spec)
     result = verdict(plan, device)
     if result["fits"]:

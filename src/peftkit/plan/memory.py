@@ -73,7 +73,7 @@ class TrainPlanSpec(Spec):
     num_labels: int = Field(2, gt=0, description="Classes of a sequence classifier.")
     method: Method = "lora"
     rank: int = Field(16, gt=0, description="LoRA/DoRA/QLoRA rank r.")
-    targets: str | list[str] = Field("all-linear", description="`all-linear`, `attention`, or module names.")
+    targets: str | list[str] = Field("all-linear", description="`all-linear`, `attention`, `attention-all`, or module names.")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input (it keeps a copy).")
     virtual_tokens: int = Field(20, gt=0, description="Prompt/prefix tuning: virtual tokens.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -90,7 +90,7 @@ class TrainPlanSpec(Spec):
     @field_validator("targets")
     @classmethod
     def _targets(cls, v):
-        if isinstance(v, str) and v not in ("all-linear", "attention"):
+        if isinstance(v, str) and v not in ("all-linear", "attention", "attention-all"):
             return [t.strip() for t in v.split(",") if t.strip()]
         return v
 

@@ -30,7 +30,8 @@ def build_classify_trainer(
 
     from peftkit.train.tokens import cache_key, cached_tokens
 
-    plan = plan or plan_speed(recipe.train, "sequence-classification", getattr(model, "config", None), recipe.data.max_length)
+    plan = plan or plan_speed(recipe.train, "sequence-classification", getattr(model, "config", None), recipe.data.max_length,
+                               method=recipe.method.kind)
 
     def as_dataset(split: str):
         rows = read_split(prepared.data_dir, split)

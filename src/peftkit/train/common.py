@@ -1,4 +1,4 @@
-"""What the SFT and classification trainers share: Trainer arguments from a TrainSpec."""
+"""What the SFT and classification trainers share: Trainer arguments from a TrainSpec, the optimizer's name."""
 
 from __future__ import annotations
 
@@ -6,6 +6,19 @@ from pathlib import Path
 
 from peftkit.recipe import TrainSpec
 from peftkit.train.callbacks import early_stopping_args
+
+
+# train.optimizer → transformers' `optim` names (bitsandbytes provides the 8-bit and paged ones).
+OPTIMIZERS = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw": "paged_adamw_32bit",
+              "paged_adamw_8bit": "paged_adamw_8bit"}
+
+
+def optimizer_note(optimizer: str, device: str) -> str | None:
+    """The one line the run log gets when a paged optimizer runs where paging does not exist (CPU)."""
+    if optimizer.startswith("paged") and device == "cpu":
+        return (f"optimizer: {optimizer} on CPU runs non-paged (bitsandbytes pages optimizer states between GPU and "
+                f"host memory; on CPU the states are ordinary memory already)")
+    return None
 
 
 def trainer_kwargs(spec: TrainSpec, run_dir: Path, has_val: bool) -> dict:
@@ -23,6 +36,7 @@ def trainer_kwargs(spec: TrainSpec, run_dir: Path, has_val: bool) -> dict:
         "lr_scheduler_type": spec.scheduler,
         "warmup_steps": spec.warmup_ratio,  # a float below 1 is a share of the total steps
         "weight_decay": spec.weight_decay,
+        "optim": OPTIMIZERS[spec.optimizer],
         "logging_steps": spec.log_every,
         "eval_strategy": eval_strategy,
         "eval_steps": spec.eval_every or None,

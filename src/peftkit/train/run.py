@@ -1,10 +1,13 @@
-"""`peftkit train`: prepare data, load the base model, wrap it with LoRA, train, save the adapter.
+"""`peftkit train`: prepare data, load the base model, apply the recipe's method, train, save the result.
 
     result = train("recipes/quickstart.yaml", overrides=["train.lr=1e-3"])
     result.run_dir / "adapter"     # PEFT format: adapter_config.json + adapter_model.safetensors
+    result.run_dir / "model"       # method.kind: full — the whole model (safetensors + tokenizer)
 
-Writes the `train` section of metrics.json (losses, time, steps, tokens, peak memory, trainable
-parameters, adapter size) and, unless `output.mlflow` is false, an MLflow run.
+The method (`method.kind`: lora, qlora, prefix, prompt, ia3, loha, lokr, full) is applied by
+`peftkit.methods.apply_method`; qlora loads the base in 4 bits first. Writes the `train` section of
+metrics.json (losses, time, steps, tokens, peak memory, trainable parameters, adapter size, or
+model_bytes for full) and, unless `output.mlflow` is false, an MLflow run.
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     from transformers.trainer_callback import PrinterCallback
 
     from peftkit.loading import load_base_model, load_tokenizer
-    from peftkit.methods.lora import parameter_counts, wrap_with_lora
+    from peftkit.methods import (apply_method, base_quantization, describe_method, parameter_counts, save_tuned,
+                                 snapshot_initial)
     from peftkit.train.adapter_memory import adapter_inputs_uncast, fuse_lora_dropout_in_place
     from peftkit.train.allocator import return_freed_memory_in_place
     from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
+    from peftkit.train.common import optimizer_note
     from peftkit.train.speed import plan_speed, prepare_model_in_place
 
     console = console or Console(stderr=True)
@@ -75,17 +80,20 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         raise RecipeError(f"model.name: '{builtin.name}' is a {builtin.task} model; a {prepared.task} task needs a {task} model")
 
     t_load = time.perf_counter()
+    method = recipe.method
     # Speed plan (precision, packing, attention, compile, checkpointing): resolved before loading so
     # the frozen base is stored in bf16 from the start on the bf16 path, then again with the model's sizes.
-    plan = plan_speed(recipe.train, task, None, recipe.data.max_length)
-    base = load_base_model(plan.load_spec(recipe.model), prepared.task, prepared.labels, recipe.train.seed)
-    plan = plan_speed(recipe.train, task, base.config, recipe.data.max_length)
+    plan = plan_speed(recipe.train, task, None, recipe.data.max_length, method=method.kind)
+    base = load_base_model(plan.load_spec(recipe.model, method.kind), prepared.task, prepared.labels, recipe.train.seed,
+                           quantization=base_quantization(method, task, plan.precision))
+    plan = plan_speed(recipe.train, task, base.config, recipe.data.max_length, method=method.kind)
     load_seconds = time.perf_counter() - t_load
-    base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())  # before LoRA layers are added
-    model = wrap_with_lora(base, recipe.method, task)
+    base_bytes = sum(p.numel() * p.element_size() for p in base.parameters())  # before adapter layers are added
+    model = apply_method(base, method, task, gradient_checkpointing=plan.gradient_checkpointing)
+    snapshot_initial(model, method, run_dir)  # PiSSA/OLoRA: the init the saved adapter is expressed against
     prepare_model_in_place(model, plan)
     fused = fuse_lora_dropout_in_place(model)  # exact; backward keeps x and a seed, not mask + dropped x
-    notes = [plan.summary()]
+    notes = [plan.summary(), optimizer_note(recipe.train.optimizer, plan.device)]
     if plan.device == "cpu" and return_freed_memory_in_place():
         notes.append("memory: freed tensors go back to the OS (glibc mmap threshold fixed at 128 KiB)")
     if fused:
@@ -93,13 +101,13 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     if plan.bf16:
         notes.append("activations: adapter inputs stay bf16 under autocast (no fp32 copies)")
     with (run_dir / "train.log").open("a", encoding="utf-8") as fh:
-        for line in notes:
+        for line in filter(None, notes):
             console.print(line)
             fh.write(line + "\n")
     counts = parameter_counts(model)
     console.print(
         f"model: {recipe.model.name} ({counts['total_params'] / 1e6:.1f}M params, loaded in {load_seconds:.1f}s), "
-        f"LoRA r={recipe.method.r}: {counts['trainable_params']:,} trainable ({counts['trainable_percent']:.2f}%)"
+        f"{describe_method(method)}: {counts['trainable_params']:,} trainable ({counts['trainable_percent']:.2f}%)"
     )
 
     callbacks = [RichProgressCallback(console), TextLogCallback(run_dir / "train.log")]
@@ -119,9 +127,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
 
     early_stopping = _finish_early_stopping(recipe, trainer, callbacks, run_dir)
 
-    adapter_dir = run_dir / "adapter"
-    model.save_pretrained(adapter_dir)
-    tokenizer.save_pretrained(adapter_dir)
+    out_dir, out_bytes = save_tuned(model, method, run_dir, tokenizer)  # RUN/adapter, or RUN/model for full
     history = trainer.state.log_history
     steps = trainer.state.global_step
     metrics = {
@@ -136,7 +142,12 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         "load_seconds": load_seconds,
         "wall_seconds": time.perf_counter() - started,
         **counts,
-        "adapter_bytes": (adapter_dir / "adapter_model.safetensors").stat().st_size,
+        "method": method.kind,
+        "artifact": out_dir.name,
+        # What has to be kept per task: the adapter, or for full fine-tuning the whole model (also as
+        # model_bytes), so that methods compare on one number.
+        "adapter_bytes": out_bytes,
+        **({"model_bytes": out_bytes} if method.kind == "full" else {}),
         "base_model_bytes": base_bytes,
         **peak_memory(),
         "speed": plan.as_dict(),

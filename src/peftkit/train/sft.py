@@ -90,7 +90,8 @@ def build_sft_trainer(
     if prepared.task == "preference":
         raise DataError("data.task: preference pairs are prepared and stored for DPO, which `peftkit train` "
                         "does not run yet; use `peftkit data prepare` to check and split them")
-    plan = plan or plan_speed(recipe.train, "causal-lm", getattr(model, "config", None), recipe.data.max_length)
+    plan = plan or plan_speed(recipe.train, "causal-lm", getattr(model, "config", None), recipe.data.max_length,
+                               method=recipe.method.kind)
     data = sft_datasets(tokenizer, recipe, prepared, console)
     train_ds, val_ds = data["train"], data["val"]
     kwargs = trainer_kwargs(recipe.train, run_dir, has_val=val_ds is not None)

@@ -30,6 +30,12 @@ AUTO_ATTENTION = {"cpu": "sdpa", "cuda": "sdpa"}
 # shapes) and the first steps compile for minutes on CPU; whether it pays back over a run is NOT yet
 # measured here (benchmarks/attention_compile_probe.py), nor on CUDA (no GPU in this project so far).
 AUTO_COMPILE = {"cpu": False, "cuda": False}
+# Methods whose base is not stored in bf16 on the bf16 path (see SpeedPlan.load_spec).
+UNCAST_BASE_METHODS = ("full", "qlora")
+# Methods that add virtual tokens or prefix keys in PeftModel.forward: the loss must go through that forward
+# (the labelled-positions loss calls the decoder directly), and packed rows' position ids would not cover
+# the virtual tokens.
+PROMPT_LEARNING_METHODS = ("prefix", "prompt")
 
 
 @dataclass(frozen=True)
@@ -61,12 +67,17 @@ class SpeedPlan:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def load_spec(self, spec: ModelSpec) -> ModelSpec:
-        """The ModelSpec to load the base with for training: bf16 storage on the bf16 path.
+    def load_spec(self, spec: ModelSpec, method: str = "lora") -> ModelSpec:
+        """The ModelSpec to load the base with for training: bf16 storage of a frozen base on the bf16 path.
 
         Only training changes: eval and merge load `model.dtype` as the recipe says (merge parity is
-        checked in that dtype), and the adapter is saved in fp32 either way.
+        checked in that dtype), and the adapter is saved in fp32 either way. Not for `full` (its weights
+        train: they stay fp32 master weights under bf16 autocast, since bf16 storage would round small
+        updates away) nor `qlora` (its linear layers load in 4 bits and peft's
+        prepare_model_for_kbit_training casts the rest to fp32; nothing re-casts them).
         """
+        if method in UNCAST_BASE_METHODS:
+            return spec
         if self.bf16 and spec.dtype == "float32":
             return spec.model_copy(update={"dtype": "bfloat16"})
         return spec
@@ -80,13 +91,15 @@ class SpeedPlan:
         }
 
 
-def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 512, device: str | None = None) -> SpeedPlan:
+def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 512, device: str | None = None,
+               method: str = "lora") -> SpeedPlan:
     """Resolve the recipe's speed fields (`auto` or forced) into a concrete plan for this machine.
 
     Args:
         task: "causal-lm" or "sequence-classification".
         model_config: the base model's transformers config (sizes for the activation estimate).
         max_length: the recipe's data.max_length.
+        method: the recipe's method.kind (prefix/prompt tuning: padded batches and the model's own loss).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision: PrecisionChoice = resolve_precision(spec.precision, device)
@@ -96,8 +109,8 @@ def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 
     # padding_free vs 93.6% and 100% with off; fp32 + padding_free 79.6%), although the tests show packed
     # sequences isolated and the loss equal to padded batches. Until that is understood it is opt-in.
     packing = spec.packing if spec.packing != "auto" else "off"
-    if not causal:
-        packing = "off"  # encoders here take padded batches; packed position ids are a decoder feature
+    if not causal or method in PROMPT_LEARNING_METHODS:
+        packing = "off"  # encoders take padded batches; virtual tokens are outside packed rows' position ids
     attention = spec.attention if spec.attention != "auto" else AUTO_ATTENTION[device]
     compile_on = spec.compile == "on" or (spec.compile == "auto" and AUTO_COMPILE[device])
     tokens = spec.batch_size * max_length
@@ -111,7 +124,7 @@ def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 
         compile=compile_on,
         gradient_checkpointing=gc_on,
         checkpointing_reason=gc_reason,
-        labelled_positions_loss=causal,
+        labelled_positions_loss=causal and method not in PROMPT_LEARNING_METHODS,
         loss_chunk=spec.loss_chunk,
     )
 
