@@ -240,6 +240,20 @@ class LoKrSpec(LoHaSpec):
     kind: Literal["lokr"] = "lokr"
 
 
+class BottleneckSpec(Spec):
+    """Bottleneck adapters (Houlsby / Pfeiffer): small non-linear blocks after sublayers (not mergeable)."""
+
+    kind: Literal["bottleneck"] = "bottleneck"
+    placement: Literal["houlsby", "pfeiffer"] = Field(
+        "pfeiffer", description="houlsby: after attention and after the feed-forward block; pfeiffer: after the "
+        "feed-forward block only (half the parameters).")
+    reduction_factor: int = Field(16, gt=0, description="Bottleneck width is hidden size / reduction_factor.")
+    non_linearity: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="Activation between down and up.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    target_modules: list[str] | None = Field(
+        None, description="Explicit module names to put adapters after, instead of the placement's.")
+
+
 class FullSpec(Spec):
     """Full fine-tuning baseline: every weight trains; the whole model is saved to RUN/model/."""
 
@@ -247,7 +261,8 @@ class FullSpec(Spec):
 
 
 # One class per `method.kind`. To add a method, define its spec above and append it here.
-METHOD_SPECS: tuple[type[Spec], ...] = (LoraSpec, QLoraSpec, PrefixSpec, PromptSpec, IA3Spec, LoHaSpec, LoKrSpec, FullSpec)
+METHOD_SPECS: tuple[type[Spec], ...] = (LoraSpec, QLoraSpec, PrefixSpec, PromptSpec, IA3Spec, LoHaSpec, LoKrSpec,
+                                        BottleneckSpec, FullSpec)
 MethodSpec = Annotated[Union[METHOD_SPECS], Field(discriminator="kind")]
 
 

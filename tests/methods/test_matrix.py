@@ -41,6 +41,8 @@ ROWS = [
      (LLAMA,)),
     ("loha", {"kind": "loha", "r": 4, "target_modules": "attention-all"}, (LLAMA, BERT)),
     ("lokr", {"kind": "lokr", "r": 4}, (LLAMA, BERT)),
+    ("bottleneck-houlsby", {"kind": "bottleneck", "placement": "houlsby", "reduction_factor": 8}, (LLAMA, BERT)),
+    ("bottleneck-pfeiffer", {"kind": "bottleneck", "non_linearity": "gelu"}, (LLAMA, BERT)),
     ("full", {"kind": "full"}, (LLAMA, BERT)),
 ]
 NEEDS_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="peft computes LoftQ on CUDA/XPU only")

@@ -25,8 +25,9 @@ ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 @pytest.mark.parametrize("method, artifact, files", [
     ("{kind: prompt, num_virtual_tokens: 4}", "adapter", ADAPTER_FILES),
     ("{kind: qlora, r: 4, target_modules: attention}", "adapter", ADAPTER_FILES),
+    ("{kind: bottleneck, placement: houlsby}", "adapter", ADAPTER_FILES),
     ("{kind: full}", "model", ["model.safetensors", "config.json", "tokenizer.json"]),
-], ids=["prompt", "qlora", "full"])
+], ids=["prompt", "qlora", "bottleneck", "full"])
 def test_train_then_evaluate(method, artifact, files, tiny_llama_dir, runs_dir):
     log = io.StringIO()
     console = Console(file=log, width=300)
@@ -44,12 +45,16 @@ def test_train_then_evaluate(method, artifact, files, tiny_llama_dir, runs_dir):
         assert metrics["model_bytes"] == metrics["adapter_bytes"] == (run / "model" / "model.safetensors").stat().st_size
     elif "prompt" in method:  # 4 virtual tokens × 64 wide
         assert metrics["trainable_params"] == 4 * 64
+    elif "bottleneck" in method:  # houlsby: 2 adapters per layer, each 64→4→64 with biases
+        assert metrics["trainable_params"] == 2 * 2 * ((64 * 4 + 4) + (4 * 64 + 64))
     else:  # r=4 on q_proj (64→64) and v_proj (64→32), two layers
         assert metrics["trainable_params"] == 2 * (4 * (64 + 64) + 4 * (64 + 32))
         # the 73,728 decoder linear weights are stored in 4 bits (~3.5 bytes less each than fp32); embeddings stay fp32
         fp32_bytes = sum(f.stat().st_size for f in tiny_llama_dir.glob("*.safetensors"))
         assert metrics["base_model_bytes"] < fp32_bytes - 0.8 * 73_728 * 3.5
     kind = {"adapter": "prompt tuning", "model": "full fine-tuning"}[artifact] if "qlora" not in method else "QLoRA r=4"
+    if "bottleneck" in method:
+        kind = "bottleneck adapters (houlsby"
     model_line = next(l for l in log.getvalue().splitlines() if l.startswith("model: "))
     assert kind in model_line and (" LoRA r=" not in model_line)
 

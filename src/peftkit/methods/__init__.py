@@ -11,6 +11,7 @@
 | prefix, prompt  | prompt.py  | prefix keys/values, virtual tokens         | RUN/adapter  | no        |
 | ia3             | ia3.py     | scaling vectors                            | RUN/adapter  | yes       |
 | loha, lokr      | lycoris.py | Hadamard / Kronecker factors               | RUN/adapter  | yes       |
+| bottleneck      | bottleneck/| down/up blocks after sublayers (ours)      | RUN/adapter  | no (non-linear) |
 | full            | full.py    | every weight                               | RUN/model    | nothing to merge |
 
 A classifier's fresh head trains with every PEFT kind (peft's SEQ_CLS task puts it in
@@ -70,6 +71,13 @@ def apply_method(model: nn.Module, spec, task: str, *, gradient_checkpointing: b
         from peftkit.methods import lycoris
 
         return lycoris.wrap(model, spec, task)
+    if kind == "bottleneck":
+        from peftkit.methods.bottleneck import BottleneckConfig, add_bottleneck_adapters
+
+        config = BottleneckConfig(placement=spec.placement, reduction_factor=spec.reduction_factor,
+                                  non_linearity=spec.non_linearity, dropout=spec.dropout,
+                                  target_modules=spec.target_modules, task=task)
+        return add_bottleneck_adapters(model, config)
     if kind == "full":
         from peftkit.methods import full
 
@@ -114,6 +122,8 @@ def describe_method(spec) -> str:
         return "IA3"
     if kind in ("loha", "lokr"):
         return f"{'LoHa' if kind == 'loha' else 'LoKr'} r={spec.r}, alpha={spec.alpha:g}"
+    if kind == "bottleneck":
+        return f"bottleneck adapters ({spec.placement}, reduction {spec.reduction_factor}, {spec.non_linearity})"
     if kind == "full":
         return "full fine-tuning"
     return kind
@@ -174,6 +184,10 @@ def load_tuned(base: nn.Module | None, spec, run_dir: Path, load_full=None) -> n
         if load_full is None:
             raise ValueError("load_tuned: full fine-tuning needs load_full to read RUN/model")
         return load_full(folder)
+    if spec.kind == "bottleneck":
+        from peftkit.methods.bottleneck import BottleneckModel
+
+        return BottleneckModel.from_pretrained(base, folder)
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base, folder)

@@ -58,6 +58,10 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     console = console or Console(stderr=True)
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
+    if recipe.method.kind == "bottleneck" and recipe.train.early_stopping.patience is not None:
+        # transformers' Trainer checkpoints only PreTrainedModel / PeftModel weights (keeping the best needs them)
+        raise RecipeError("train.early_stopping.patience: not available with method.kind bottleneck yet (transformers' "
+                          "checkpointing cannot save it); use train.max_steps, or early_stopping.general_loss_increase")
     if not force:
         from peftkit.plan.guard import check_fits
 

@@ -46,6 +46,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters = []
         self.kwargs = kwargs
+        self.cast_input_dtype_enabled = True  # peft's per-layer switch (peft.helpers.disable_input_dtype_casting)
 
         in_features, out_features = _get_in_out_features(self.get_base_layer())
         if out_features is None:
