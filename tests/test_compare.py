@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from peftkit.cli import app
-from peftkit.compare import METHODS, CompareError, compare, method_block, parse_methods
+from peftkit.compare import METHODS, CompareError, compare, method_block, parse_method_sets, parse_methods
 
 runner = CliRunner()
 
@@ -26,6 +26,15 @@ def test_unknown_method_lists_the_known_ones():
     assert parse_methods(" lora,IA3 ") == ["lora", "ia3"]
 
 
+def test_method_set_is_for_one_listed_method():
+    assert parse_method_sets(["full:train.lr=5e-5", "full:train.epochs=2"], ["lora", "full"]) == {
+        "full": ["train.lr=5e-5", "train.epochs=2"]}
+    with pytest.raises(CompareError, match="not among --methods"):
+        parse_method_sets(["prompt:train.lr=1e-2"], ["lora", "full"])
+    with pytest.raises(CompareError, match="METHOD:KEY=VALUE"):
+        parse_method_sets(["train.lr=1e-2"], ["lora"])
+
+
 def test_method_block_keeps_lora_fields_for_the_lora_family_only():
     recipe_method = {"kind": "lora", "r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "attention"}
     assert method_block(recipe_method, "dora") == {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": "attention",
@@ -35,20 +44,10 @@ def test_method_block_keeps_lora_fields_for_the_lora_family_only():
 
 
 def test_compare_two_methods(tiny_llama_dir, runs_dir):
-    from peftkit.recipe import load_recipe
-
-    # "lora" validates everywhere; a method this branch's schema does not know yet must be a failed row
-    probe = {"kind": "lora", "dora": True}
-    try:
-        load_recipe({"name": "p", "model": {"name": "x"}, "data": {"dataset": "shipping-emails"}, "method": probe})
-        second, expect_second = "dora", "ok"
-    except Exception:
-        second, expect_second = "dora", "failed"
     sets = _sets(tiny_llama_dir, runs_dir)
-    # the method that may fail goes first: the comparison must go on to the next one
-    result = runner.invoke(app, ["compare", "quickstart", "--methods", f"{second},lora",
+    result = runner.invoke(app, ["compare", "quickstart", "--methods", "dora,lora", "--method-set", "lora:train.lr=1e-3",
                                  *[a for s in sets for a in ("--set", s)]], catch_exceptions=False)
-    assert result.exit_code == (0 if expect_second == "ok" else 1), result.output
+    assert result.exit_code == 0, result.output
     assert "[1/2] dora: starting" in result.output and "[2/2] lora: starting" in result.output
     out_dir = next(runs_dir.glob("quickstart-compare-*/compare.json")).parent
     doc = json.loads((out_dir / "compare.json").read_text())
@@ -61,11 +60,13 @@ def test_compare_two_methods(tiny_llama_dir, runs_dir):
     assert doc["data_sha256"] == lora["data_sha256"] and set(lora["data_sha256"]) == {"train", "val", "test"}
     weights = runs_dir / f"{out_dir.name}-lora" / "adapter" / "adapter_model.safetensors"  # a normal run dir
     assert lora["size_bytes"] == weights.stat().st_size  # the adapter weights, not the tokenizer saved beside them
-    assert dora["status"] == expect_second
-    if expect_second == "failed":
-        assert "does not validate" in dora["reason"] and "dora" in dora["reason"]
-    else:
-        assert dora["data_sha256"] == lora["data_sha256"]  # identical splits across methods
+    assert dora["status"] == "ok" and dora["data_sha256"] == lora["data_sha256"]  # identical splits across methods
+    assert dora["trainable_params"] > lora["trainable_params"]  # DoRA adds a magnitude vector per layer
+    # the per-method override reached that method only
+    assert lora["method_overrides"] == ["train.lr=1e-3"] and dora["method_overrides"] == []
+    assert doc["method_overrides"] == {"lora": ["train.lr=1e-3"]}
+    assert "lr: 0.001" in (runs_dir / f"{out_dir.name}-lora" / "recipe.yaml").read_text()
+    assert "lr: 0.001" not in (runs_dir / f"{out_dir.name}-dora" / "recipe.yaml").read_text()
     assert "name: quickstart" in (out_dir / "compare-recipe.yaml").read_text()
     png = (out_dir / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

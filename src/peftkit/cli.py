@@ -194,6 +194,8 @@ def compare(
     methods: Annotated[str, typer.Option(help="Comma-separated: lora, rslora, dora, pissa, olora, qlora, prefix, prompt, "
                                               "ia3, loha, lokr, bottleneck, full.")] = "lora,ia3,prefix",
     set_: SetOption = None,
+    method_set: Annotated[Optional[list[str]], typer.Option(
+        "--method-set", help="METHOD:KEY=VALUE override for one method only, e.g. full:train.lr=5e-5 (repeatable).")] = None,
 ):
     """Train and evaluate several methods on the same data and steps; one table, compare.json, a plot of
     task metric vs trainable parameters and report.html in runs/<recipe>-compare-<timestamp>/.
@@ -202,7 +204,7 @@ def compare(
     from peftkit.resources import human_bytes
 
     _quiet_libraries()
-    result = run_compare(recipe, methods, overrides=set_ or [], console=err)
+    result = run_compare(recipe, methods, overrides=set_ or [], console=err, method_sets=method_set or [])
     metric = next((r["metric"] for r in result.rows if r.get("metric")), None) or "task metric"
     table = _table("method", "status", metric, "base", "trainable", "peak memory", "s/step", "size", "run")
     table.title, table.title_justify = f"peftkit compare — {result.out_dir}", "left"

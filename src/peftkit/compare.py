@@ -103,14 +103,35 @@ def not_applicable(name: str) -> str | None:
     return None
 
 
+def parse_method_sets(items: list[str] | None, names: list[str]) -> dict[str, list[str]]:
+    """`["full:train.lr=5e-5", ...]` → {"full": ["train.lr=5e-5"]}: overrides for one method only
+    (full fine-tuning usually wants a far lower learning rate than adapters, prompt tuning a higher one)."""
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        name, sep, setting = item.partition(":")
+        name = name.strip().lower()
+        if not sep or "=" not in setting:
+            raise CompareError(f"--method-set {item!r}: expected METHOD:KEY=VALUE, e.g. full:train.lr=5e-5")
+        if name not in names:
+            raise CompareError(f"--method-set {item!r}: '{name}' is not among --methods ({', '.join(names)})")
+        out.setdefault(name, []).append(setting.strip())
+    return out
+
+
 def compare(recipe: str | Path, methods: str | list[str], overrides: list[str] | None = None,
-            console: Console | None = None, out_dir: str | Path | None = None) -> CompareResult:
+            console: Console | None = None, out_dir: str | Path | None = None,
+            method_sets: list[str] | None = None) -> CompareResult:
     """Train and evaluate every method on the recipe's data; write compare.json, compare.png and
-    report.html to `out_dir` (default `<runs_dir>/<recipe name>-compare-<UTC timestamp>/`)."""
+    report.html to `out_dir` (default `<runs_dir>/<recipe name>-compare-<UTC timestamp>/`).
+
+    Args:
+        overrides: `key=value` for every method; method_sets: `METHOD:key=value` for one method only.
+    """
     from peftkit.recipe import load_recipe
 
     console = console or Console(stderr=True)
     names = parse_methods(methods)
+    per_method = parse_method_sets(method_sets, names)
     resolved = load_recipe(recipe, overrides)  # the user's recipe and --set values, validated once
     raw = resolved.model_dump(mode="json")
     compare_id = f"{resolved.name}-compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
@@ -128,7 +149,7 @@ def compare(recipe: str | Path, methods: str | list[str], overrides: list[str] |
         run_id = f"{out_dir.name}-{name}"
         run_dir = Path(resolved.output.runs_dir) / run_id
         console.print(f"[bold][{i}/{len(names)}] {name}[/bold]: starting → {run_dir}")
-        row = _run_method(name, raw, run_id, run_dir, console)
+        row = _run_method(name, raw, run_id, run_dir, console, per_method.get(name, []))
         rows.append(row)
         status = row["status"]
         if status == "ok":
@@ -146,24 +167,26 @@ def compare(recipe: str | Path, methods: str | list[str], overrides: list[str] |
             row["status"], row["reason"] = "failed", "its data splits differ from the other methods' (sha256)"
     failed = [r["method"] for r in rows if r["status"] == "failed"]
     document = {"recipe": resolved.name, "compare_id": out_dir.name, "methods": names, "overrides": list(overrides or []),
+                "method_overrides": per_method,
                 "data_sha256": data_sha256, "metric": next((r["metric"] for r in rows if r.get("metric")), None),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": rows}
     _write_outputs(out_dir, document)
     return CompareResult(out_dir, rows, data_sha256, failed)
 
 
-def _run_method(name: str, raw: dict, run_id: str, run_dir: Path, console: Console) -> dict:
+def _run_method(name: str, raw: dict, run_id: str, run_dir: Path, console: Console, sets: list[str]) -> dict:
     """Train + evaluate one method; always returns a row (status ok / not applicable / failed)."""
     from peftkit.recipe import load_recipe
 
-    row: dict = {"method": name, "override": METHODS[name], "run_dir": str(run_dir), "status": "ok", "reason": None}
+    row: dict = {"method": name, "override": METHODS[name], "method_overrides": sets, "run_dir": str(run_dir),
+                 "status": "ok", "reason": None}
     reason = not_applicable(name)
     if reason:
         return row | {"status": "not applicable", "reason": reason}
     spec = dict(raw) | {"method": method_block(raw["method"], name),
                         "output": dict(raw["output"]) | {"run_id": run_id}}
     try:
-        recipe = load_recipe(spec)
+        recipe = load_recipe(spec, sets)
     except RecipeError as exc:  # every known method should validate: the schema is out of step
         return row | {"status": "failed", "reason": f"the method override does not validate: {exc}"}
     started = time.perf_counter()
