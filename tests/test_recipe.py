@@ -97,7 +97,7 @@ def test_method_without_kind_is_lora():
 
 def test_unknown_method_kind_lists_the_kinds():
     with pytest.raises(RecipeError, match=r"method\.kind: unknown method 'adapterx'; expected one of lora, qlora, "
-                                          r"prefix, prompt, ia3, loha, lokr, full"):
+                                          r"prefix, prompt, ia3, loha, lokr, bottleneck, full"):
         load_recipe({**MINIMAL, "method": {"kind": "adapterx"}})
 
 
