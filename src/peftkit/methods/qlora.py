@@ -86,10 +86,28 @@ def wrap(model: nn.Module, spec: QLoraSpec, task: str, gradient_checkpointing: b
     if spec.loftq:
         _check_loftq_device()
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    keep_training_layout_in_place(model)
     peft_model = get_peft_model(model, lora_config(model, spec, task))
     if spec.loftq:
         apply_loftq(peft_model)
     return peft_model
+
+
+def keep_training_layout_in_place(model: nn.Module) -> int:
+    """Stop bitsandbytes' CPU inference repacking of 4-bit weights in a model that is going to train.
+
+    On AVX512-bf16 CPUs a Linear4bit forward in eval mode without grad (a validation round) repacks its
+    weight in place into a gemv layout that only inference understands; the next training step then
+    runs the inference kernel (bitsandbytes 0.50.2: "a view of a leaf Variable that requires grad is
+    being used in an in-place operation" on layers with a bias). The layer's own switch,
+    `support_avx512bf16_for_cpu`, keeps the training layout. Returns how many layers were switched.
+    """
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
 
 
 def _check_loftq_device() -> None:
