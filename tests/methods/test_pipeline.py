@@ -75,3 +75,15 @@ def test_train_then_evaluate(method, artifact, files, tiny_llama_dir, runs_dir):
     else:  # the tuned model's attention differs from the base's (qlora: on the 4-bit base)
         summary = inspect_attention(run, text=text).summary
         assert abs(summary["most_changed"][0]["change"]) > 0
+
+
+@pytest.mark.parametrize("method", [
+    "{kind: lora, r: 4, dora: true, dropout: 0.1}", "{kind: lora, r: 4, init: pissa}", "{kind: ia3}",
+    "{kind: loha, r: 4}", "{kind: lokr, r: 4}", "{kind: prefix, num_virtual_tokens: 4}", "{kind: bottleneck}",
+], ids=["dora", "pissa", "ia3", "loha", "lokr", "prefix", "bottleneck-pfeiffer"])
+def test_every_kind_trains_through_train(method, tiny_llama_dir, runs_dir):
+    """train() on the bf16 path (autocast, uncast adapter inputs, fused dropout) for the kinds above."""
+    result = train("quickstart", overrides(tiny_llama_dir, runs_dir, "k", method) + ["train.precision=bf16"],
+                   console=Console(quiet=True))
+    assert result.metrics["steps"] == 2 and result.metrics["train_loss"] > 0
+    assert (result.run_dir / "adapter" / "adapter_model.safetensors").is_file()

@@ -103,3 +103,20 @@ def test_layers_without_dropout_or_with_a_variant_are_left_alone(tiny_llama_dir,
     model = _lora(tiny_llama_dir, dropout=dropout, dora=dora)
     assert fuse_lora_dropout_in_place(model) == 0
     assert not any(isinstance(m, DropoutLinear) for m in model.modules())
+
+
+def test_uncast_skips_tuners_without_the_switch_and_restores_it(tiny_llama_dir):
+    from peft import IA3Config, LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    ia3 = get_peft_model(model, IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]))
+    with adapter_inputs_uncast(ia3):  # peft's IA3 layers have no cast_input_dtype_enabled: nothing to do, no error
+        pass
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), LoraConfig(r=2, target_modules="all-linear"))
+    switches = [m for m in lora.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    with adapter_inputs_uncast(lora):
+        assert switches and not any(m.cast_input_dtype_enabled for m in switches)
+    assert all(m.cast_input_dtype_enabled for m in switches)
+    with adapter_inputs_uncast(lora, active=False):
+        assert all(m.cast_input_dtype_enabled for m in switches)

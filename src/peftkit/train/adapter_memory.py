@@ -112,8 +112,16 @@ def fuse_lora_dropout_in_place(model: nn.Module) -> int:
 
 @contextlib.contextmanager
 def adapter_inputs_uncast(model: nn.Module, active: bool = True):
-    """While active, adapter layers take their input as it comes (no fp32 copy): only under autocast."""
-    from peft.helpers import disable_input_dtype_casting
+    """While active, adapter layers take their input as it comes (no fp32 copy): only under autocast.
 
-    with disable_input_dtype_casting(model, active=active):
+    The switch is peft's (`cast_input_dtype_enabled`, what `peft.helpers.disable_input_dtype_casting`
+    sets), set here only on layers that have it: peft's helper fails on tuners without it (IA3).
+    """
+    layers = [m for m in model.modules() if active and getattr(m, "cast_input_dtype_enabled", None) is True]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    try:
         yield
+    finally:
+        for layer in layers:
+            layer.cast_input_dtype_enabled = True
