@@ -9,9 +9,11 @@ the heap instead, where freed blocks stay resident and fragment. Peak resident m
 activations of earlier steps that are no longer in use. A fixed threshold of 128 KiB (glibc's own
 starting value) keeps every tensor of that size on mmap.
 
-Measured (benchmarks/train_bench.py config (c), smollm2-135m LoRA, batch 8, 2 steps): peak RSS
-3.35 GiB with glibc's dynamic threshold, 2.61 GiB with this, and RSS after training 3.13 vs 1.05 GiB.
-The speed cost (fresh pages for each large tensor) is measured by the same benchmark.
+Measured once (an RSS timeline sampled every 50 ms around `peftkit.train` on benchmarks/train_bench.py's
+(c) recipe: smollm2-135m, LoRA r=16 all-linear, batch 8, 2 steps): peak RSS 3.35 GiB with glibc's dynamic
+threshold (`MALLOC_MMAP_THRESHOLD_` unset), 2.61 GiB with it fixed, RSS after training 3.13 vs 1.05 GiB.
+`train_bench.py --configs c_peftkit,e_peftkit_glibc_default` measures the same over 40 steps, with the
+speed cost (fresh pages for each large tensor); not run yet on a quiet machine.
 """
 
 from __future__ import annotations
