@@ -40,9 +40,9 @@ from rich.console import Console
 from peftkit.data.prepare import load_prepared, read_split
 from peftkit.data.records import to_prompt_completion
 from peftkit.errors import MergeError, ParityError
+from peftkit.methods import MERGEABLE_KINDS
 from peftkit.rundir import dir_bytes, open_run, require, update_metrics
 
-MERGEABLE = ("lora", "qlora", "ia3", "loha", "lokr")
 NOT_MERGEABLE = {
     "prefix": "prefix tuning adds trained virtual tokens (key/value prefixes) as extra inputs at every layer; "
               "there is no weight matrix to fold them into. Serve RUN/adapter with its base model instead",
@@ -59,9 +59,9 @@ OUTPUT_HEADS = ("lm_head", "embed_out", "score", "classifier")
 
 def check_mergeable(kind: str) -> None:
     """Raise MergeError naming the method and why it has nothing to merge; return for mergeable kinds."""
-    if kind in MERGEABLE:
+    if kind in MERGEABLE_KINDS:
         return
-    reason = NOT_MERGEABLE.get(kind, f"unknown method kind (mergeable kinds: {', '.join(MERGEABLE)})")
+    reason = NOT_MERGEABLE.get(kind, f"unknown method kind (mergeable kinds: {', '.join(sorted(MERGEABLE_KINDS))})")
     raise MergeError(f"method.kind: '{kind}' cannot be merged: {reason}")
 
 

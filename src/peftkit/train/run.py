@@ -4,7 +4,7 @@
     result.run_dir / "adapter"     # PEFT format: adapter_config.json + adapter_model.safetensors
     result.run_dir / "model"       # method.kind: full — the whole model (safetensors + tokenizer)
 
-The method (`method.kind`: lora, qlora, prefix, prompt, ia3, loha, lokr, full) is applied by
+The method (`method.kind`: lora, qlora, prefix, prompt, ia3, loha, lokr, bottleneck, full) is applied by
 `peftkit.methods.apply_method`; qlora loads the base in 4 bits first. Writes the `train` section of
 metrics.json (losses, time, steps, tokens, peak memory, trainable parameters, adapter size, or
 model_bytes for full) and, unless `output.mlflow` is false, an MLflow run.

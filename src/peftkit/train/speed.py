@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from peftkit.methods import PROMPT_LEARNING_KINDS  # virtual tokens: the loss goes through PeftModel.forward
 from peftkit.recipe import ModelSpec, TrainSpec
 from peftkit.train.precision import PrecisionChoice, resolve_precision
 
@@ -32,10 +33,6 @@ AUTO_ATTENTION = {"cpu": "sdpa", "cuda": "sdpa"}
 AUTO_COMPILE = {"cpu": False, "cuda": False}
 # Methods whose base is not stored in bf16 on the bf16 path (see SpeedPlan.load_spec).
 UNCAST_BASE_METHODS = ("full", "qlora")
-# Methods that add virtual tokens or prefix keys in PeftModel.forward: the loss must go through that forward
-# (the labelled-positions loss calls the decoder directly), and packed rows' position ids would not cover
-# the virtual tokens.
-PROMPT_LEARNING_METHODS = ("prefix", "prompt")
 
 
 @dataclass(frozen=True)
@@ -109,7 +106,7 @@ def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 
     # padding_free vs 93.6% and 100% with off; fp32 + padding_free 79.6%), although the tests show packed
     # sequences isolated and the loss equal to padded batches. Until that is understood it is opt-in.
     packing = spec.packing if spec.packing != "auto" else "off"
-    if not causal or method in PROMPT_LEARNING_METHODS:
+    if not causal or method in PROMPT_LEARNING_KINDS:
         packing = "off"  # encoders take padded batches; virtual tokens are outside packed rows' position ids
     attention = spec.attention if spec.attention != "auto" else AUTO_ATTENTION[device]
     compile_on = spec.compile == "on" or (spec.compile == "auto" and AUTO_COMPILE[device])
@@ -124,7 +121,7 @@ def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 
         compile=compile_on,
         gradient_checkpointing=gc_on,
         checkpointing_reason=gc_reason,
-        labelled_positions_loss=causal and method not in PROMPT_LEARNING_METHODS,
+        labelled_positions_loss=causal and method not in PROMPT_LEARNING_KINDS,
         loss_chunk=spec.loss_chunk,
     )
 
