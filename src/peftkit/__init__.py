@@ -14,6 +14,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# name -> module holding the function; train, evaluate and quickstart are also module names, so those
+# modules are callable (peftkit._stages) and are what the attribute returns
 _EXPORTS = {
     "train": "peftkit.train.run",
     "evaluate": "peftkit.evaluate.run",
@@ -24,7 +26,14 @@ _EXPORTS = {
 }
 
 
+_CALLABLE_MODULES = {"train": "peftkit.train", "evaluate": "peftkit.evaluate", "quickstart": "peftkit.quickstart"}
+
+
 def __getattr__(name: str):
+    if name in _CALLABLE_MODULES:
+        import importlib
+
+        return importlib.import_module(_CALLABLE_MODULES[name])
     if name in _EXPORTS:
         import importlib
 

@@ -70,3 +70,8 @@ def quickstart(overrides: list[str] | None = None, console: Console | None = Non
     if recipe.export.merge:
         merge(result.run_dir, console=console)
     return QuickstartSummary(result.run_dir, read_metrics(result.run_dir), time.perf_counter() - started, peak_rss_bytes())
+
+
+from peftkit._stages import make_callable  # noqa: E402
+
+make_callable(__name__, __name__, "quickstart")  # peftkit.quickstart() calls quickstart()
