@@ -203,8 +203,8 @@ def peftkit_sft(args, work: Path, overrides: dict | None = None, keep_glibc_defa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import peftkit
     from peftkit.catalog.models import resolve_model
+    from peftkit.train.run import train
 
     recipe_dict = sft_recipe(args, work)
     recipe_dict["train"].update(overrides or {})
@@ -213,7 +213,7 @@ def peftkit_sft(args, work: Path, overrides: dict | None = None, keep_glibc_defa
         import peftkit.train.allocator as allocator
 
         allocator.return_freed_memory_in_place = lambda *a, **k: False
-    result = peftkit.train(recipe)
+    result = train(recipe)
     m = result.metrics
     out = {"train_seconds": m["train_seconds"], "steps": m["steps"], "tokens": m["train_tokens"],
            "peak_rss_gib": peak_rss_gib(), "plan": m["speed"]}
@@ -227,33 +227,29 @@ def peftkit_sft(args, work: Path, overrides: dict | None = None, keep_glibc_defa
 
 
 def peftkit_qlora(args, work: Path) -> dict:
-    """The nf4 base of the stock QLoRA run trained through peftkit's SFT path (speed plan, padding-free,
-    labelled-positions loss). peftkit recipes cannot ask for a 4-bit base yet, so the model is built here."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    """peftkit's default training path with `method.kind: qlora` (nf4, double quantization, compute dtype
+    following the precision plan), the same LoRA settings as the stock QLoRA run; evaluated on its 4-bit base."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from peftkit.catalog.models import resolve_model
-    from peftkit.methods.lora import wrap_with_lora
-    from peftkit.recipe import load_recipe
-    from peftkit.train.sft import build_sft_trainer
-    from peftkit.train.speed import plan_speed, prepare_model_in_place
+    from peftkit.methods import base_quantization
+    from peftkit.train.run import train
 
-    recipe, prep = prepared(sft_recipe(args, work), work)
-    torch.manual_seed(42)
+    recipe_dict = sft_recipe(args, work)
+    recipe_dict["method"] = {**recipe_dict["method"], "kind": "qlora"}
+    recipe, prep = prepared(recipe_dict, work)
+    result = train(recipe)
+    m = result.metrics
+    out = {"train_seconds": m["train_seconds"], "steps": m["steps"], "tokens": m["train_tokens"],
+           "peak_rss_gib": peak_rss_gib(), "plan": m["speed"]}
     path = resolve_model("smollm2-135m")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    plan = plan_speed(recipe.train, "causal-lm", None, 256)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16 if plan.bf16 else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant, dtype=torch.bfloat16)
-    model = wrap_with_lora(model, recipe.method, "causal-lm")
-    prepare_model_in_place(model, plan)
-    trainer = build_sft_trainer(model, tokenizer, recipe, prep, work / "run", [], plan)
-    out = trainer.train()
-    m = {"train_seconds": out.metrics["train_runtime"], "steps": trainer.state.global_step,
-         "tokens": trainer.state.num_input_tokens_seen, "peak_rss_gib": peak_rss_gib(), "plan": plan.summary()}
-    m["eval_loss"] = sft_eval_loss_quantized(model, tokenizer, sft_pairs(prep, "val")[: args.eval_examples])
-    return m
+    quant = base_quantization(recipe.method, "causal-lm", m["speed"]["precision"])  # the base it trained on
+    base = AutoModelForCausalLM.from_pretrained(path, quantization_config=quant)
+    model = PeftModel.from_pretrained(base, result.run_dir / "adapter")
+    out["eval_loss"] = sft_eval_loss_quantized(model, AutoTokenizer.from_pretrained(path),
+                                               sft_pairs(prep, "val")[: args.eval_examples])
+    return out
 
 
 def stock_classify(args, work: Path) -> dict:
@@ -292,12 +288,12 @@ def peftkit_classify(args, work: Path) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    import peftkit
     from peftkit.catalog.models import resolve_model
+    from peftkit.train.run import train
 
     recipe_dict = classify_recipe(args, work)
     recipe, prep = prepared(recipe_dict, work)
-    result = peftkit.train(recipe)
+    result = train(recipe)
     m = result.metrics
     out = {"train_seconds": m["train_seconds"], "steps": m["steps"], "tokens": m["train_tokens"],
            "peak_rss_gib": peak_rss_gib(), "plan": m["speed"]}

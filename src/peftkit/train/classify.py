@@ -28,6 +28,7 @@ def build_classify_trainer(
 ):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+    from peftkit.train.sampling import ShuffledLengthBatches
     from peftkit.train.tokens import cache_key, cached_tokens
 
     plan = plan or plan_speed(recipe.train, "sequence-classification", getattr(model, "config", None), recipe.data.max_length,
@@ -47,7 +48,10 @@ def build_classify_trainer(
 
     train_ds, val_ds = as_dataset("train"), as_dataset("val")
     args = TrainingArguments(**{**trainer_kwargs(recipe.train, run_dir, has_val=val_ds is not None), **plan.trainer_overrides()})
-    return Trainer(
+    class ClassifyTrainer(ShuffledLengthBatches, Trainer):
+        """transformers' Trainer with length-grouped batches in random order (peftkit.train.sampling)."""
+
+    return ClassifyTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,

@@ -45,7 +45,7 @@ def trainer_kwargs(spec: TrainSpec, run_dir: Path, has_val: bool) -> dict:
         "seed": spec.seed,
         "data_seed": spec.seed,
         "disable_tqdm": True,  # RichProgressCallback shows loss, rate and ETA instead
-        "train_sampling_strategy": "group_by_length",  # batches of similar length: less padding
+        "train_sampling_strategy": "group_by_length",  # similar-length batches in random order (train.sampling)
         "dataloader_num_workers": 0,
         # Mixed precision is off: weights train in the dtype they were loaded in (model.dtype).
         # trl's configs default bf16 to True, which fails on CPU-only machines.

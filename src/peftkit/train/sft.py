@@ -29,8 +29,9 @@ def _sft_trainer_class():
     from trl import SFTTrainer
 
     from peftkit.train.loss import labelled_positions_loss
+    from peftkit.train.sampling import ShuffledLengthBatches
 
-    class LabelledPositionsSFTTrainer(SFTTrainer):
+    class LabelledPositionsSFTTrainer(ShuffledLengthBatches, SFTTrainer):
         """trl's SFTTrainer whose loss projects only labelled positions through the LM head, in chunks.
 
         trl's own loss (a fused head over every position, plus entropy and token-accuracy metrics)
@@ -49,6 +50,17 @@ def _sft_trainer_class():
                                                self.loss_chunk)
 
     return LabelledPositionsSFTTrainer
+
+
+def _plain_sft_trainer_class():
+    from trl import SFTTrainer
+
+    from peftkit.train.sampling import ShuffledLengthBatches
+
+    class PeftkitSFTTrainer(ShuffledLengthBatches, SFTTrainer):
+        """trl's SFTTrainer with length-grouped batches in random order (peftkit.train.sampling)."""
+
+    return PeftkitSFTTrainer
 
 
 def sft_datasets(tokenizer, recipe: Recipe, prepared: PreparedData, console: Console | None = None) -> dict:
@@ -112,10 +124,7 @@ def build_sft_trainer(
         completion_only_loss=True,
         prediction_loss_only=True,  # eval needs the loss only, not full logits
     )
-    if plan.labelled_positions_loss:
-        trainer_cls = _sft_trainer_class()
-    else:
-        from trl import SFTTrainer as trainer_cls
+    trainer_cls = _sft_trainer_class() if plan.labelled_positions_loss else _plain_sft_trainer_class()
     trainer = trainer_cls(
         model=model,
         args=args,
