@@ -7,6 +7,9 @@
 Trains each configuration below (methods × batch × sequence × checkpointing, on the built-in
 `smollm2-135m` and `minilm-l6`) for a few optimizer steps, each in a fresh subprocess, and prints
 the planner's prediction next to the measured peak, their ratio, and the median and worst error.
+Most rows are a plain transformers/peft loop in fp32 (the planner's `path: stock`); the rows marked
+"peftkit path" train as `peftkit train` does on a bf16 CPU (bf16 base under autocast, fp32 LoRA with
+uncast inputs and fused dropout, chunked loss at labelled positions), planned with `path: peftkit`.
 
 How "measured" is defined (CPU). Peak memory of a training run on CPU is the peak resident set
 size of the process, but the process also holds the Python interpreter and the code of torch,
@@ -66,10 +69,14 @@ CONFIGS: list[dict] = [
     {"model": "minilm-l6", "method": "lora", "batch": 32, "seq": 128, "gc": False},
     {"model": "minilm-l6", "method": "lora", "batch": 32, "seq": 256, "gc": True},
     {"model": "minilm-l6", "method": "qlora", "batch": 16, "seq": 256, "gc": False},
+    # peftkit train's own path: bf16 base under autocast, LoRA inputs uncast, dropout fused, chunked loss
+    {"model": "smollm2-135m", "method": "lora", "batch": 8, "seq": 256, "gc": False, "path": "peftkit"},
+    {"model": "smollm2-135m", "method": "lora", "batch": 4, "seq": 512, "gc": False, "path": "peftkit"},
+    {"model": "minilm-l6", "method": "lora", "batch": 32, "seq": 256, "gc": False, "path": "peftkit"},
 ]
 # glibc serves allocations above this from mmap and returns them on free (see the module docstring).
 MMAP_THRESHOLD = 65536
-DEFAULTS = {"rank": 16, "targets": "all-linear", "dropout": 0.05, "optimizer": "adamw", "num_labels": 5}
+DEFAULTS = {"rank": 16, "targets": "all-linear", "dropout": 0.05, "optimizer": "adamw", "num_labels": 5, "path": "stock"}
 
 
 # ---------------------------------------------------------------- worker: one measured run ----
@@ -131,7 +138,8 @@ def measure(cfg: dict, steps: int, device: str) -> dict:
     _settle()
     baseline = _rss()
 
-    kwargs: dict = {"dtype": torch.float32}
+    peftkit_path = cfg["path"] == "peftkit"  # what peftkit.train does on the bf16 path (lora only here)
+    kwargs: dict = {"dtype": torch.bfloat16 if peftkit_path else torch.float32}
     if cfg["method"] == "qlora":
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -157,6 +165,12 @@ def measure(cfg: dict, steps: int, device: str) -> dict:
         model = get_peft_model(model, LoraConfig(
             r=cfg["rank"], lora_alpha=2 * cfg["rank"], lora_dropout=cfg["dropout"], target_modules=targets,
             use_dora=cfg["method"] == "dora", task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS))
+    if peftkit_path:
+        from peftkit.train.adapter_memory import fuse_lora_dropout_in_place
+        from peftkit.train.speed import keep_trainable_fp32
+
+        keep_trainable_fp32(model)
+        fuse_lora_dropout_in_place(model)
     if cfg["gc"]:
         model.gradient_checkpointing_enable()
     model.train()
@@ -181,7 +195,10 @@ def measure(cfg: dict, steps: int, device: str) -> dict:
     for i in range(steps):
         t = time.perf_counter()
         ids = batches[i].to(device)
-        loss = model(input_ids=ids, labels=ids if causal else labels[i].to(device)).loss
+        if peftkit_path:
+            loss = _peftkit_loss(model, ids, labels[i], causal, device)
+        else:
+            loss = model(input_ids=ids, labels=ids if causal else labels[i].to(device)).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -191,6 +208,21 @@ def measure(cfg: dict, steps: int, device: str) -> dict:
     if device == "cuda":
         out["peak_bytes"] = torch.cuda.max_memory_allocated()
     return out
+
+
+def _peftkit_loss(model, ids, labels, causal: bool, device: str):
+    """One forward as peftkit.train runs it on the bf16 path: autocast, adapter inputs uncast, and for a
+    causal LM the labelled-positions loss in chunks (every position labelled: the most logits it makes)."""
+    import torch
+
+    from peftkit.plan.memory import LOSS_CHUNK
+    from peftkit.train.adapter_memory import adapter_inputs_uncast
+    from peftkit.train.loss import labelled_positions_loss
+
+    with adapter_inputs_uncast(model), torch.autocast(device, dtype=torch.bfloat16):
+        if causal:
+            return labelled_positions_loss(model, {"input_ids": ids, "labels": ids}, chunk=LOSS_CHUNK)
+        return model(input_ids=ids, labels=labels.to(device)).loss
 
 
 # ---------------------------------------------------------------- driver ----
@@ -211,7 +243,8 @@ def plan_spec(cfg: dict, device: str):
     return TrainPlanSpec(
         model=cfg["model"], method=cfg["method"], rank=cfg["rank"], targets=cfg["targets"],
         lora_dropout=cfg["dropout"], batch=cfg["batch"], seq=cfg["seq"], gradient_checkpointing=cfg["gc"],
-        optimizer=cfg["optimizer"], dtype="float32", device=device, num_labels=cfg["num_labels"])
+        optimizer=cfg["optimizer"], dtype="bfloat16" if cfg["path"] == "peftkit" else "float32", device=device,
+        num_labels=cfg["num_labels"], path=cfg["path"])
 
 
 def predict(cfg: dict, device: str):
@@ -244,7 +277,8 @@ def calibrate(steps: int) -> None:
 def label(cfg: dict) -> str:
     extra = "" if cfg["targets"] == "all-linear" or cfg["method"] == "full" else f" {cfg['targets']}"
     return (f"{cfg['model']} {cfg['method']}{extra} b{cfg['batch']} s{cfg['seq']}"
-            f"{' gc' if cfg['gc'] else ''}{'' if cfg['optimizer'] == 'adamw' else ' ' + cfg['optimizer']}")
+            f"{' gc' if cfg['gc'] else ''}{'' if cfg['optimizer'] == 'adamw' else ' ' + cfg['optimizer']}"
+            f"{' (peftkit path, bf16)' if cfg.get('path') == 'peftkit' else ''}")
 
 
 def main() -> None:

@@ -397,6 +397,8 @@ def plan(
     attention: Annotated[str, typer.Option(help="sdpa, eager or flash_attention_2.")] = "sdpa",
     objective: Annotated[str, typer.Option(help="sft, or dpo (chosen + rejected, a reference model).")] = "sft",
     task: Annotated[Optional[str], typer.Option(help="causal-lm or sequence-classification (default: the model's).")] = None,
+    path: Annotated[str, typer.Option(help="peftkit: `peftkit train`'s training path (chunked loss at labelled positions, "
+                                           "leaner LoRA layers); stock: a plain transformers/peft loop.")] = "peftkit",
     gpu: Annotated[Optional[str], typer.Option(help="GPU names, comma-separated, or 'all' (default).")] = None,
     gpu_memory: Annotated[Optional[str], typer.Option(help="Judge against this much memory instead, e.g. 16GiB.")] = None,
     here: Annotated[bool, typer.Option("--here", help="Judge against this machine's free GPU memory or available RAM.")] = False,
@@ -454,7 +456,8 @@ def plan(
         try:
             specs = [TrainPlanSpec(model=model, method=m, rank=rank, targets=targets, batch=batch, seq=seq, dtype=dtype,
                                    gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, attention=attention,
-                                   objective=objective, task=task, device="cpu" if here and not _has_cuda() else "cuda")
+                                   objective=objective, task=task, path=path,
+                                   device="cpu" if here and not _has_cuda() else "cuda")
                      for m in methods]
         except ValueError as exc:  # pydantic: name the flag and what it accepts
             raise PlanError(f"peftkit plan: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None

@@ -322,7 +322,7 @@ class TrainSpec(Spec):
         "auto", description="auto: on only when the estimated activations would not fit in half the free memory."
     )
     loss_chunk: int = Field(
-        512, gt=0, description="Positions per chunk of the LM head + cross-entropy (bounds the logits held at once)."
+        128, gt=0, description="Positions per chunk of the LM head + cross-entropy (bounds the logits held at once)."
     )
 
     @field_validator("packing", "compile", "gradient_checkpointing", mode="before")

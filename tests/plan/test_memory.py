@@ -121,3 +121,55 @@ def test_matches_a_published_gpu_measurement():
     plan = plan_training(TrainPlanSpec(model="llama-2-7b", rank=8, targets=["q_proj", "v_proj"], batch=1, seq=1304))
     assert plan.params["trainable"] == 4_194_304  # the table's trainable parameter count
     assert abs((plan.peak_bytes - RUNTIME_BYTES["cuda"]) / 21.30e9 - 1) < 0.05
+
+
+def test_peftkit_path_trace_equals_what_peftkit_training_saves(tiny_llama_dir):
+    """path=peftkit: bf16 base under autocast, LoRA inputs uncast, dropout fused into lora_A. The trace
+    (adapters in bf16, no dropout) matches the real saved tensors up to autocast's bf16 copies of the
+    lora_B weights (saved by each lora_B matmul; ~0.5% of the total on smollm2)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from peftkit.train.adapter_memory import adapter_inputs_uncast, fuse_lora_dropout_in_place
+
+    arch = load_architecture(str(tiny_llama_dir))
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.1))
+    assert fuse_lora_dropout_in_place(model) > 0
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            saved.setdefault(s.data_ptr(), s.nbytes())
+        return t
+
+    with (torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), adapter_inputs_uncast(model),
+          torch.autocast("cpu", dtype=torch.bfloat16)):
+        model(input_ids=torch.randint(3, 1000, (2, 48)))
+    b_copies = sum(p.numel() * 2 for n, p in model.named_parameters() if "lora_B" in n)
+    trace = trace_activations(arch, AdapterShape("lora", 8, "all-linear", 0.0, adapter_dtype="bfloat16"),
+                              2, 48, "bfloat16", "cpu")
+    assert trace.saved_bytes(False) + b_copies == sum(saved.values())
+    stock = trace_activations(arch, AdapterShape("lora", 8, "all-linear", 0.1), 2, 48, "bfloat16", "cpu")
+    assert stock.saved_bytes(False) > 1.3 * trace.saved_bytes(False)  # fp32 input copies and dropout masks
+
+
+def test_peftkit_path_plans_chunked_logits_and_leaner_adapters():
+    from peftkit.plan.memory import LOSS_CHUNK
+    from peftkit.recipe import TrainSpec
+
+    assert LOSS_CHUNK == TrainSpec().loss_chunk
+    spec = TrainPlanSpec(model="smollm2-135m", method="lora", batch=8, seq=256, dtype="bfloat16", device="cpu")
+    stock, ours = plan_training(spec), plan_training(spec.model_copy(update={"path": "peftkit"}))
+    vocab = ours.architecture["vocab"]
+    assert ours.components["logits (loss, fp32)"] == LOSS_CHUNK * vocab * 14
+    assert stock.components["logits (loss, fp32)"] == 8 * 256 * vocab * 14
+    assert ours.components["activations"] < 0.8 * stock.components["activations"]
+    assert ours.peak_bytes < stock.peak_bytes
+    # a DoRA layer keeps its dropout; full fine-tuning has no adapter to change
+    full = spec.model_copy(update={"method": "full"})
+    assert (plan_training(full).components["activations"]
+            == plan_training(full.model_copy(update={"path": "peftkit"})).components["activations"])

@@ -28,3 +28,18 @@ def test_freed_activation_sized_tensors_leave_resident_memory():
     del tensors[::2]  # free every other one: holes between live blocks, as activations leave in backward
     after = _rss_mib()
     assert peak - after > 100, (peak, after)  # the 128 MiB freed left resident memory
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc_trim is Linux-only")
+def test_trim_returns_freed_heap_blocks_below_the_threshold():
+    from peftkit.train.allocator import TrimHeapCallback, trim_heap
+
+    assert return_freed_memory_in_place() is True
+    tensors = [torch.ones(256, 1024) for _ in range(256)]  # 1 MiB each: below the 2 MiB threshold, on the heap
+    del tensors[::2]  # 128 MiB of holes between live blocks
+    before = _rss_mib()
+    TrimHeapCallback().on_step_end(None, None, None)  # what the trainer calls after each step
+    after = _rss_mib()
+    assert before - after > 100, (before, after)
+    assert trim_heap() in (True, False)
+    del tensors

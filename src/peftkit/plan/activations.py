@@ -44,6 +44,10 @@ class AdapterShape:
     rank: int = 16
     targets: str | tuple[str, ...] = "all-linear"
     dropout: float = 0.0
+    # None: peft's own layers (fp32 adapter weights; each layer copies its input to fp32 first).
+    # A dtype: adapters computing in that dtype on their input as it comes, as under peftkit's autocast
+    # (peftkit.train.adapter_memory.adapter_inputs_uncast).
+    adapter_dtype: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,8 @@ def trace_activations(arch: Architecture, adapter: AdapterShape, batch: int, seq
                       device: str = "cuda") -> ActivationTrace:
     """Trace one training forward of `arch` with `adapter` at batch × seq in `dtype` (see module doc)."""
     targets = adapter.targets if isinstance(adapter.targets, str) else tuple(adapter.targets)
-    key = (id(arch), AdapterShape(adapter.kind, adapter.rank, targets, adapter.dropout), batch, seq, dtype, device)
+    key = (id(arch), AdapterShape(adapter.kind, adapter.rank, targets, adapter.dropout, adapter.adapter_dtype), batch,
+           seq, dtype, device)
     if key not in _TRACES:
         _TRACES[key] = _trace(arch, *key[1:])
     return _TRACES[key]
@@ -151,6 +156,10 @@ def _small_model(arch: Architecture, adapter: AdapterShape, dtype: str):
             use_dora=adapter.kind == "dora",
             task_type=TaskType.CAUSAL_LM if arch.task == "causal-lm" else TaskType.SEQ_CLS,
         ), low_cpu_mem_usage=True)
+        if adapter.adapter_dtype:  # autocast runs the adapter matmuls in the compute dtype on uncast inputs
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.data = param.data.to(getattr(torch, adapter.adapter_dtype))
     elif adapter.kind == "frozen":
         model.requires_grad_(False)
     return model

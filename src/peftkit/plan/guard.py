@@ -66,18 +66,34 @@ def spec_from_recipe(recipe: Recipe, device: str) -> TrainPlanSpec:
         fields = {"method": "lora"}
     extra = {"double_quant": recipe.method.double_quant} if recipe.method.kind == "qlora" else {}
     return TrainPlanSpec(
+        path="peftkit",
         model=recipe.model.name,
         task=task,
         num_labels=num_labels,
         **fields,
         **extra,
-        dtype=recipe.model.dtype,
+        dtype=training_dtype(recipe, task or "causal-lm", device),
         batch=recipe.train.batch_size,
         seq=recipe.data.max_length,
         gradient_checkpointing=recipe.train.gradient_checkpointing == "on",  # auto: planned without (the larger peak)
         optimizer=PLANNER_OPTIMIZERS[recipe.train.optimizer],
         device=device,
     )
+
+
+def training_dtype(recipe: Recipe, task: str, device: str) -> str:
+    """The dtype the frozen base is stored and computed in when `peftkit train` runs the recipe on `device`:
+    bf16 where the speed plan takes the bf16 path (a float32 recipe is stored in bf16 then), else model.dtype.
+    For CUDA the plan may be for a GPU that is not here: every GPU in the catalog (Ampere or later) does bf16."""
+    from peftkit.train.speed import UNCAST_BASE_METHODS, plan_speed
+
+    if device == "cuda":
+        bf16 = recipe.train.precision != "fp32"
+    else:
+        bf16 = plan_speed(recipe.train, task, None, recipe.data.max_length, device=device, method=recipe.method.kind).bf16
+    if bf16 and recipe.model.dtype == "float32" and recipe.method.kind not in UNCAST_BASE_METHODS:
+        return "bfloat16"
+    return recipe.model.dtype
 
 
 def check_fits(recipe: Recipe, console: Console, device: Device | None = None) -> dict:

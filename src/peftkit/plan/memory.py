@@ -20,7 +20,9 @@ and the traced forward (peftkit.plan.activations), not from a rule of thumb:
 - activations saved for backward (traced), with or without gradient checkpointing;
 - logits: batch × seq × vocab, upcast to fp32 for the loss: log-softmax output, its gradient and
   the logits' gradient are alive together at the start of backward (3 × 4 bytes, +2 when the model
-  computes in 16-bit);
+  computes in 16-bit); on peftkit's path (`path="peftkit"`) only LOSS_CHUNK positions at a time
+  (the labelled-positions loss, peftkit.train.loss), and the LoRA layers keep less (traced with
+  inputs uncast under autocast and the dropout fused into lora_A; see `adapter_shape`);
 - scratch: one checkpointed layer recomputed, one dequantized 4-bit weight, DoRA's weight norm,
   AdamW's temporary (all trainable parameters for the multi-tensor CUDA path, the largest tensor for
   the per-tensor CPU path);
@@ -62,6 +64,7 @@ NF4_BLOCK = 64  # weights per absmax
 DQ_BLOCK = 256  # absmax values per second-level fp32 scale (double quantization)
 ADAM8_BLOCK = 256  # bitsandbytes blockwise 8-bit optimizer states
 ADAM8_MIN_SIZE = 4096  # smaller tensors keep 32-bit states in bitsandbytes
+LOSS_CHUNK = 128  # peftkit's labelled-positions loss: positions per chunk of logits (train.loss_chunk default)
 
 
 class TrainPlanSpec(Spec):
@@ -86,6 +89,10 @@ class TrainPlanSpec(Spec):
     attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     objective: Literal["sft", "dpo"] = Field("sft", description="dpo: chosen + rejected per example, a reference model.")
     device: Literal["cuda", "cpu"] = Field("cuda", description="Kind of device the plan is for (runtime overhead, kernels).")
+    path: Literal["stock", "peftkit"] = Field(
+        "stock", description="stock: a plain transformers/peft training loop (full logits, peft's LoRA layers); "
+                             "peftkit: `peftkit train`'s own (LM head only at labelled positions in chunks, adapter "
+                             "inputs not copied to fp32 under autocast, LoRA dropout fused into lora_A).")
 
     @field_validator("targets")
     @classmethod
@@ -231,6 +238,22 @@ def trainable_tensors(arch: Architecture, spec: TrainPlanSpec) -> tuple[list[tup
         f"{spec.method} tuning is planned roughly: activations of seq + {spec.virtual_tokens} tokens"]
 
 
+def adapter_shape(spec: TrainPlanSpec, kind: str, targets, compute: str) -> AdapterShape:
+    """What the activation trace applies for the method on `spec.path`.
+
+    On peftkit's path LoRA dropout is fused into lora_A and its mask redrawn in backward, which keeps
+    what no dropout keeps (1.54 vs 1.55 GiB on smollm2, benchmarks/lora_activation_memory.py), so it
+    is traced without dropout; DoRA layers keep theirs. Under autocast (compute below fp32) adapters
+    take their inputs uncast.
+    """
+    if kind not in ("lora", "dora"):
+        return AdapterShape(kind)
+    if spec.path != "peftkit":
+        return AdapterShape(kind, spec.rank, targets, spec.lora_dropout)
+    return AdapterShape(kind, spec.rank, targets, spec.lora_dropout if kind == "dora" else 0.0,
+                        adapter_dtype=compute if compute != "float32" else None)
+
+
 def plan_training(spec: TrainPlanSpec) -> MemoryPlan:
     """Predict the peak memory of one training step of `spec` (see the module docstring)."""
     arch = _architecture(spec)
@@ -258,12 +281,13 @@ def plan_training(spec: TrainPlanSpec) -> MemoryPlan:
     seqs = spec.batch * (2 if spec.objective == "dpo" else 1)
     seq_len = spec.seq + (spec.virtual_tokens if kind == "frozen" else 0)
     targets = resolved_targets(arch, spec.targets) if kind in ("lora", "dora") else ""
-    trace = trace_activations(arch, AdapterShape(kind, spec.rank, targets,
-                                                 spec.lora_dropout if kind in ("lora", "dora") else 0.0),
-                              seqs, seq_len, compute, spec.device)
+    trace = trace_activations(arch, adapter_shape(spec, kind, targets, compute), seqs, seq_len, compute, spec.device)
     activations = trace.saved_bytes(spec.gradient_checkpointing)
     if arch.task == "causal-lm":
-        logits = seqs * seq_len * arch.vocab * (12 if compute == "float32" else 14)
+        rows = seqs * seq_len
+        if spec.path == "peftkit" and kind != "frozen":  # labelled positions only, LOSS_CHUNK rows of logits at once
+            rows = min(rows, LOSS_CHUNK)
+        logits = rows * arch.vocab * (12 if compute == "float32" else 14)
     else:
         logits = seqs * arch.num_labels * 12
     recompute = trace.recompute_bytes(spec.gradient_checkpointing)

@@ -70,7 +70,8 @@ def print_report(report: dict, console: Console) -> None:
     console.print(f"[bold]{arch['name']}[/bold] ({arch['source']}): {arch['layers']} layers, hidden {arch['hidden']}, "
                   f"vocab {arch['vocab']}, {first['params']['total'] / 1e9:.3f}B params, {arch['task']}; "
                   f"batch {s['batch']} × seq {s['seq']}, {s['dtype']}, optimizer {s['optimizer']}, "
-                  f"checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, {s['objective']}, for {s['device']}")
+                  f"checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, {s['objective']}, for {s['device']}, "
+                  f"{s.get('path', 'stock')} training path")
     table = Table(title="memory per component")
     table.add_column("component", no_wrap=True)
     for p in plans:

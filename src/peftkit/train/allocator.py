@@ -6,14 +6,22 @@ On CPU, PyTorch allocates tensors with the C library's malloc. glibc serves larg
 (returned to the OS on free) only above a threshold that it raises each time such a block is freed,
 up to 32 MiB; after the first backward pass most activation-sized tensors (a few MiB each) come from
 the heap instead, where freed blocks stay resident and fragment. Peak resident memory then counts
-activations of earlier steps that are no longer in use. A fixed threshold of 128 KiB (glibc's own
-starting value) keeps every tensor of that size on mmap.
+activations of earlier steps that are no longer in use. A fixed threshold keeps every tensor above
+it on mmap; but each such tensor then costs fresh zeroed pages (page faults) every time it is made,
+so a threshold too low costs speed. 2 MiB keeps most of the memory saving at a small speed cost.
 
-Measured once (an RSS timeline sampled every 50 ms around `peftkit.train` on benchmarks/train_bench.py's
-(c) recipe: smollm2-135m, LoRA r=16 all-linear, batch 8, 2 steps): peak RSS 3.35 GiB with glibc's dynamic
-threshold (`MALLOC_MMAP_THRESHOLD_` unset), 2.61 GiB with it fixed, RSS after training 3.13 vs 1.05 GiB.
-`train_bench.py --configs c_peftkit,e_peftkit_glibc_default` measures the same over 40 steps, with the
-speed cost (fresh pages for each large tensor); not run yet on a quiet machine.
+Measured with benchmarks/train_bench.py's (c) recipe (smollm2-135m, LoRA r=16 all-linear, batch 8,
+chatterbot, 12 steps, 2 threads; each run alone, `peftkit.train` with the threshold patched;
+stop 11):
+
+| mmap threshold | s/step | peak RSS |
+|---|---|---|
+| glibc's dynamic one (unset) | 2.14 | 3.31 GiB |
+| 32 MiB fixed | 2.17 | 3.29 GiB |
+| 4 MiB | 2.11 | 3.31 GiB |
+| **2 MiB** (this module) | 2.37 | 2.70 GiB |
+| 1 MiB | 2.34 | 2.72 GiB |
+| 128 KiB (glibc's starting value) | 3.05 | 2.61 GiB |
 """
 
 from __future__ import annotations
@@ -22,21 +30,43 @@ import ctypes
 import ctypes.util
 import sys
 
+from transformers import TrainerCallback
+
 M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
-MMAP_THRESHOLD_BYTES = 128 * 1024
+MMAP_THRESHOLD_BYTES = 2 * 1024 * 1024
+
+
+def _libc():
+    """glibc through ctypes, or None (not Linux, or a C library without mallopt/malloc_trim)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return None
+    return libc
+
+
+def trim_heap() -> bool:
+    """Return the heap's free pages to the OS now (glibc malloc_trim); True when glibc released any."""
+    libc = _libc()
+    return bool(libc is not None and libc.malloc_trim(0))
+
+
+class TrimHeapCallback(TrainerCallback):
+    """Trim the heap after every optimizer step (CPU): blocks that one step's activations freed below the
+    mmap threshold go back to the OS instead of staying resident and fragmenting into the next step."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trim_heap()
 
 
 def return_freed_memory_in_place(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Fix glibc's mmap threshold for this process (Linux with glibc only); returns whether it applied."""
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(M_MMAP_THRESHOLD, threshold) == 1
+    libc = _libc()
+    return libc is not None and libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1

@@ -50,7 +50,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     from peftkit.methods import (apply_method, base_quantization, describe_method, parameter_counts, save_tuned,
                                  snapshot_initial)
     from peftkit.train.adapter_memory import adapter_inputs_uncast, fuse_lora_dropout_in_place
-    from peftkit.train.allocator import return_freed_memory_in_place
+    from peftkit.train.allocator import TrimHeapCallback, return_freed_memory_in_place
     from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
     from peftkit.train.common import optimizer_note
     from peftkit.train.speed import plan_speed, prepare_model_in_place
@@ -98,8 +98,10 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     prepare_model_in_place(model, plan)
     fused = fuse_lora_dropout_in_place(model)  # exact; backward keeps x and a seed, not mask + dropped x
     notes = [plan.summary(), optimizer_note(recipe.train.optimizer, plan.device)]
-    if plan.device == "cpu" and return_freed_memory_in_place():
-        notes.append("memory: freed tensors go back to the OS (glibc mmap threshold fixed at 128 KiB)")
+    trim_heap = plan.device == "cpu" and return_freed_memory_in_place()
+    if trim_heap:
+        notes.append("memory: freed tensors go back to the OS (glibc mmap threshold fixed at 2 MiB, heap "
+                     "trimmed after each step)")
     if fused:
         notes.append(f"activations: dropout fused into lora_A in {fused} layers (mask redrawn in backward)")
     if plan.bf16:
@@ -115,6 +117,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     )
 
     callbacks = [RichProgressCallback(console), TextLogCallback(run_dir / "train.log")]
+    callbacks += [TrimHeapCallback()] if trim_heap else []
     callbacks += _early_stopping_callbacks(recipe, prepared, tokenizer)
     if task == "causal-lm":
         from peftkit.train.sft import build_sft_trainer

@@ -38,7 +38,7 @@ def _sft_trainer_class():
         is used when logits are asked for (`return_outputs=True`).
         """
 
-        loss_chunk: int = 512
+        loss_chunk: int = 128
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs:
