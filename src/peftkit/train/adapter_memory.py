@@ -18,6 +18,12 @@ tensors saved for backward, `benchmarks/lora_activation_memory.py`):
   draws the same mask again from the seed (the idea of FlashAttention's dropout): 1.55 GiB, the
   same as with no dropout at all.
 Both are exact: same forward values, same gradients for the same mask.
+
+The fused dropout costs speed: drawing each mask twice (forward and backward) made the whole SFT step
+1.31x slower on this CPU (benchmarks/attention_compile_probe.py, `sdpa` vs `sdpa+unfused`, stop 11);
+the uncast inputs cost nothing measurable (`sdpa+unfused+cast` 1.35x vs 1.31x). It is kept for memory
+(saved for backward 2.38 -> 1.54 GiB above); a cheaper mask (one draw shared by the layers that read the same input,
+or a counter-based RNG) is the next step.
 """
 
 from __future__ import annotations
