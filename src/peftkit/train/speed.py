@@ -26,7 +26,7 @@ from peftkit.train.precision import PrecisionChoice, resolve_precision
 # LoRA r=16 as peftkit trains it, padded batches of 8 chatterbot conversations, 2 threads, 6 steps x
 # 2 alternating rounds in one process; stop 11): eager 1.14x sdpa's tokens/s, sdpa + torch.compile
 # (dynamic shapes) 1.01x after a 67 s first step. SDPA stays the default on both devices: eager keeps
-# the [T, T] attention weights for backward (the planner's trace at 8 x 256: 2.22 vs 1.32 GiB of
+# the [T, T] attention weights for backward (the planner's trace at 8 x 256: 2219 vs 1321 MiB of
 # activations), which would undo the memory target for a 14% gain; compile stays off (no gain on CPU,
 # a minute of compilation). Not measured on CUDA (no GPU in this project so far).
 AUTO_ATTENTION = {"cpu": "sdpa", "cuda": "sdpa"}
