@@ -17,7 +17,8 @@ transformers, peft and bitsandbytes (about 0.5-1 GiB of RSS that no GPU would ho
 1. imports every library it will use, collects garbage, returns freed heap to the OS
    (`malloc_trim`) and reads RSS: the *baseline*;
 2. loads the model, copies weights still backed by the checkpoint's memory map into its own memory
-   (`_own_memory`: a 4-bit load otherwise keeps the whole fp32 file resident as page cache), wraps
+   (`peftkit.loading.own_memory_in_place`: a 4-bit load otherwise keeps the whole fp32 file
+   resident as page cache), wraps
    it, builds the optimizer, trims the heap again, and resets the kernel's
    peak-RSS counter (`echo 5 > /proc/self/clear_refs`, Linux ≥ 4.0), so the transient of loading
    (file pages plus the copy being built) is not counted - it is not part of training, and on a GPU
@@ -102,24 +103,6 @@ def _settle() -> None:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _own_memory(model) -> None:
-    """Copy weights that still live in the checkpoint's memory map into the process's own memory.
-
-    transformers loads safetensors through a memory map and keeps tensors it can use as they are
-    (here: the fp32 weights of an fp32 checkpoint) as views of the map. Every page of the file that
-    loading read then stays resident while the map lives, including the fp32 weights that a 4-bit
-    load only read to quantize: for smollm2-135m in NF4, 0.5 GiB of file pages against 0.16 GiB of
-    weights in use. Those are clean page cache, not training memory, and on a GPU the weights are
-    copied to the device anyway; after this copy the map is released and RSS holds what training uses.
-    """
-    import torch
-
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            if tensor.dtype.is_floating_point:
-                tensor.data = tensor.data.clone()
-
-
 def measure(cfg: dict, steps: int, device: str) -> dict:
     """Train `cfg` for `steps` steps in this (fresh) process; return measured bytes and timings."""
     import torch
@@ -154,7 +137,9 @@ def measure(cfg: dict, steps: int, device: str) -> dict:
     if device == "cuda":
         model.to("cuda")
     else:
-        _own_memory(model)
+        from peftkit.loading import own_memory_in_place
+
+        own_memory_in_place(model)  # a 4-bit load otherwise keeps the whole fp32 file resident
     if cfg["method"] in ("lora", "qlora", "dora"):
         from peft import LoraConfig, TaskType, get_peft_model
 

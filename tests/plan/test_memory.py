@@ -1,6 +1,8 @@
 """The memory plan: LoRA counts r·(d+k) equal peft's, NF4 bytes equal bitsandbytes', traced
 activations equal the real saved tensors, and the totals move the right way."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -69,20 +71,28 @@ def test_traced_activations_equal_the_real_saved_tensors(tiny_llama_dir):
         model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
         if kind == "lora":
             model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.1))
-        model.train()
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        saved = {}
-
-        def pack(t):
-            s = t.untyped_storage()
-            if s.data_ptr() not in params:
-                saved.setdefault(s.data_ptr(), s.nbytes())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(input_ids=torch.randint(3, 1000, (2, 48)))
+        saved = _saved_for_backward(model)
         trace = trace_activations(arch, AdapterShape(kind, 8, "all-linear", 0.1), 2, 48, "float32", "cpu")
-        assert trace.saved_bytes(False) == sum(saved.values()), kind
+        assert trace.saved_bytes(False) == saved, kind
+
+
+def _saved_for_backward(model, *contexts) -> int:
+    """Bytes of the distinct non-parameter storages one training forward (2 × 48 tokens) saves, inside `contexts`."""
+    model.train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            saved.setdefault(s.data_ptr(), s.nbytes())
+        return t
+
+    with contextlib.ExitStack() as stack:
+        for context in (torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), *contexts):
+            stack.enter_context(context)
+        model(input_ids=torch.randint(3, 1000, (2, 48)))
+    return sum(saved.values())
 
 
 def test_memory_grows_with_batch_and_sequence_and_shrinks_with_the_cheaper_choices():
@@ -136,23 +146,11 @@ def test_peftkit_path_trace_equals_what_peftkit_training_saves(tiny_llama_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
     model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.1))
     assert fuse_lora_dropout_in_place(model) > 0
-    model.train()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            saved.setdefault(s.data_ptr(), s.nbytes())
-        return t
-
-    with (torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), adapter_inputs_uncast(model),
-          torch.autocast("cpu", dtype=torch.bfloat16)):
-        model(input_ids=torch.randint(3, 1000, (2, 48)))
+    saved = _saved_for_backward(model, adapter_inputs_uncast(model), torch.autocast("cpu", dtype=torch.bfloat16))
     b_copies = sum(p.numel() * 2 for n, p in model.named_parameters() if "lora_B" in n)
     trace = trace_activations(arch, AdapterShape("lora", 8, "all-linear", 0.0, adapter_dtype="bfloat16"),
                               2, 48, "bfloat16", "cpu")
-    assert trace.saved_bytes(False) + b_copies == sum(saved.values())
+    assert trace.saved_bytes(False) + b_copies == saved
     stock = trace_activations(arch, AdapterShape("lora", 8, "all-linear", 0.1), 2, 48, "bfloat16", "cpu")
     assert stock.saved_bytes(False) > 1.3 * trace.saved_bytes(False)  # fp32 input copies and dropout masks
 

@@ -85,15 +85,13 @@ def training_dtype(recipe: Recipe, task: str, device: str) -> str:
     """The dtype the frozen base is stored and computed in when `peftkit train` runs the recipe on `device`:
     bf16 where the speed plan takes the bf16 path (a float32 recipe is stored in bf16 then), else model.dtype.
     For CUDA the plan may be for a GPU that is not here: every GPU in the catalog (Ampere or later) does bf16."""
-    from peftkit.train.speed import UNCAST_BASE_METHODS, plan_speed
+    from peftkit.train.speed import plan_speed, training_storage_dtype
 
     if device == "cuda":
         bf16 = recipe.train.precision != "fp32"
     else:
         bf16 = plan_speed(recipe.train, task, None, recipe.data.max_length, device=device, method=recipe.method.kind).bf16
-    if bf16 and recipe.model.dtype == "float32" and recipe.method.kind not in UNCAST_BASE_METHODS:
-        return "bfloat16"
-    return recipe.model.dtype
+    return training_storage_dtype(recipe.model.dtype, recipe.method.kind, bf16)
 
 
 def check_fits(recipe: Recipe, console: Console, device: Device | None = None) -> dict:

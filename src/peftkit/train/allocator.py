@@ -22,12 +22,16 @@ stop 11):
 | **2 MiB** (this module) | 2.37 | 2.70 GiB |
 | 1 MiB | 2.34 | 2.72 GiB |
 | 128 KiB (glibc's starting value) | 3.05 | 2.61 GiB |
+
+Over 40 steps 2 MiB alone crept to 2.85 GiB (2.05 s/step); with the heap trimmed after every step
+(TrimHeapCallback) 2.62 GiB at 2.11 s/step (loss chunks of 256 in both runs).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 from transformers import TrainerCallback
@@ -36,6 +40,7 @@ M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 2 * 1024 * 1024
 
 
+@functools.cache
 def _libc():
     """glibc through ctypes, or None (not Linux, or a C library without mallopt/malloc_trim)."""
     if not sys.platform.startswith("linux"):

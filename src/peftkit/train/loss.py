@@ -8,9 +8,9 @@ loss to the answer. Here the backbone's hidden states are gathered at the positi
 token carries a label (the answer, ~30% of chatterbot's tokens) and the LM head + cross-entropy
 run over them `chunk` positions at a time under activation checkpointing, so at most one chunk
 of logits exists at once, in the forward pass and in the backward pass. Chunk size on
-train_bench's (c) recipe (smollm2-135m, batch 8, 2 threads, each run alone, stop 11): 512 → 256
-→ 128 positions: peak RSS 2.70 → 2.57 → 2.54 GiB at 2.37, 2.45 (12 steps) and 2.07 s/step (40
-steps), i.e. no measurable speed cost; 128 is the recipe default.
+train_bench's (c) recipe (smollm2-135m, batch 8, 2 threads, each run alone, stop 11): 512 vs 256
+positions, 12 steps: peak RSS 2.70 vs 2.57 GiB at 2.37 vs 2.45 s/step; 256 vs 128, 40 steps with
+the heap trimmed each step: 2.62 vs 2.54 GiB at 2.11 vs 2.07 s/step. 128 is the recipe default.
 
 On CUDA with `liger-kernel` installed, Liger's fused linear cross-entropy does the same in one
 kernel.

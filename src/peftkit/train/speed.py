@@ -73,11 +73,7 @@ class SpeedPlan:
         updates away) nor `qlora` (its linear layers load in 4 bits and peft's
         prepare_model_for_kbit_training casts the rest to fp32; nothing re-casts them).
         """
-        if method in UNCAST_BASE_METHODS:
-            return spec
-        if self.bf16 and spec.dtype == "float32":
-            return spec.model_copy(update={"dtype": "bfloat16"})
-        return spec
+        return spec.model_copy(update={"dtype": training_storage_dtype(spec.dtype, method, self.bf16)})
 
     def trainer_overrides(self) -> dict:
         """TrainingArguments fields for this plan (autocast through the Trainer's own bf16 flag)."""
@@ -86,6 +82,13 @@ class SpeedPlan:
             "use_cpu": self.device == "cpu",  # transformers refuses bf16 on CPU without it
             "activation_checkpointing": self.gradient_checkpointing,
         }
+
+
+def training_storage_dtype(dtype: str, method: str, bf16: bool) -> str:
+    """The dtype a frozen base of `dtype` is stored in while training `method` (see SpeedPlan.load_spec)."""
+    if bf16 and dtype == "float32" and method not in UNCAST_BASE_METHODS:
+        return "bfloat16"
+    return dtype
 
 
 def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 512, device: str | None = None,
