@@ -5,7 +5,9 @@
 
 A variant is an attention kernel plus options: `+compile` (torch.compile of the decoder, dynamic
 shapes), `+unfused` (peft's own dropout module instead of the dropout fused into lora_A), `+cast`
-(peft's fp32 copy of every LoRA input kept, i.e. adapter_inputs_uncast off).
+(peft's fp32 copy of every LoRA input kept, i.e. adapter_inputs_uncast off), `+nodrop` (LoRA dropout
+0 instead of 0.05: what dropout costs at all), `+fp32` (the fp32 path: base in fp32, no autocast,
+what `auto` picks on a CPU without avx512_bf16/AMX).
 
 One process, one model per variant, each trained on the same batches: smollm2-135m in bf16 with LoRA
 r=16 all-linear as `peftkit train` sets it up (fp32 adapters, dropout fused into lora_A, inputs
@@ -69,9 +71,11 @@ def build(variant: str):
 
     attention, *options = variant.split("+")
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m"), dtype=torch.bfloat16,
-                                                attn_implementation=attention)
-    model = apply_method(base, LoraSpec(r=16, alpha=32, dropout=0.05, target_modules="all-linear"), "causal-lm")
+    bf16 = "fp32" not in options
+    base = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m"), attn_implementation=attention,
+                                                dtype=torch.bfloat16 if bf16 else torch.float32)
+    dropout = 0.0 if "nodrop" in options else 0.05
+    model = apply_method(base, LoraSpec(r=16, alpha=32, dropout=dropout, target_modules="all-linear"), "causal-lm")
     keep_trainable_fp32(model)
     if "unfused" not in options:
         fuse_lora_dropout_in_place(model)
@@ -81,7 +85,8 @@ def build(variant: str):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step(batch: dict) -> None:
-        with adapter_inputs_uncast(model, active="cast" not in options), torch.autocast("cpu", dtype=torch.bfloat16):
+        with (adapter_inputs_uncast(model, active=bf16 and "cast" not in options),
+              torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)):
             loss = labelled_positions_loss(model, batch)
         loss.backward()
         optimizer.step()

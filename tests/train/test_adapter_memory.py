@@ -11,7 +11,9 @@ from peftkit.train.adapter_memory import (
     _DropoutLinearFn,
     _keep_mask,
     adapter_inputs_uncast,
+    drop_rate,
     fuse_lora_dropout_in_place,
+    keep_scale,
 )
 
 
@@ -26,13 +28,39 @@ def test_fused_dropout_linear_matches_dropout_then_linear_for_the_same_mask():
     torch.manual_seed(7)  # the seed the function drew
     mask = _keep_mask(x.detach(), 0.3, int(torch.randint(0, 2**62, (1,)).item()))
     x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
-    y2 = F.linear(x2 * mask, w2)
+    y2 = F.linear(x2 * mask * keep_scale(0.3), w2)
     y2.pow(2).sum().backward()
 
-    assert 0 < (mask == 0).float().mean() < 0.6  # some entries dropped, most kept
+    assert mask.dtype == torch.bool
+    assert 0 < (~mask).float().mean() < 0.6  # some entries dropped, most kept
     torch.testing.assert_close(y, y2)
     torch.testing.assert_close(x.grad, x2.grad)
     torch.testing.assert_close(w.grad, w2.grad)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_keep_mask_drops_at_rate_p_independently_and_repeats_from_its_seed(p):
+    x = torch.empty(1000, 1000, dtype=torch.bfloat16)
+    mask = _keep_mask(x, p, seed=3)
+    assert mask.shape == x.shape
+    dropped = (~mask).double()
+    # 1e6 Bernoulli(p) draws: the rate is within 5 standard deviations of p
+    assert abs(dropped.mean().item() - p) < 5 * (p * (1 - p) / 1e6) ** 0.5
+    # neighbours (the 16-bit values of one 64-bit word) and rows are uncorrelated
+    flat = dropped.flatten()
+    for lag in (1, 2, 3, 4, 1000):
+        corr = torch.corrcoef(torch.stack([flat[:-lag], flat[lag:]]))[0, 1].item()
+        assert abs(corr) < 0.01, (lag, corr)
+    assert torch.equal(mask, _keep_mask(x, p, seed=3))
+    assert not torch.equal(mask, _keep_mask(x, p, seed=4))
+    # odd sizes (not a multiple of four 16-bit values) work too
+    assert _keep_mask(torch.empty(3, 7), p, seed=1).shape == (3, 7)
+
+
+def test_drop_rate_is_p_to_one_part_in_65536():
+    assert drop_rate(0.05) == round(0.05 * 65536) / 65536
+    assert abs(drop_rate(0.05) - 0.05) < 1 / 65536
+    assert keep_scale(0.5) == 2.0
 
 
 def test_dropout_linear_keeps_the_parameter_and_is_plain_linear_in_eval():

@@ -34,29 +34,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftkit.train.dropout import _keep_mask, keep_scale
+
 
 class _DropoutLinearFn(torch.autograd.Function):
-    """y = dropout(x) @ W^T, saving x and a seed instead of the mask and the dropped input."""
+    """y = dropout(x) @ W^T, saving x and a seed instead of the mask and the dropped input.
+
+    The 1 / (1 - p) scale of dropout is applied to the [..., r] side (the output, and the incoming
+    gradient in backward), which is r / in_features the size of x: one pass over x per product.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
         seed = int(torch.randint(0, 2**62, (1,)).item())  # drawn from the global RNG: seeded runs repeat
-        dropped = x * _keep_mask(x, p, seed)
+        keep = _keep_mask(x, p, seed)
         ctx.save_for_backward(x, weight)
         ctx.seed, ctx.p = seed, p
-        return F.linear(dropped, weight.to(_compute_dtype(x)))  # [..., r]
+        return F.linear(x * keep, weight.to(_compute_dtype(x))) * keep_scale(p)  # [..., r]
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         x, weight = ctx.saved_tensors
-        mask = _keep_mask(x, ctx.p, ctx.seed)  # the forward's mask, drawn again
+        keep = _keep_mask(x, ctx.p, ctx.seed)  # the forward's mask, drawn again
         dtype = _compute_dtype(x)
-        grad_y = grad_y.to(dtype)
+        grad_y = (grad_y * keep_scale(ctx.p)).to(dtype)  # [..., r]
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_y @ weight.to(dtype)) * mask  # [..., in]
+            grad_x = (grad_y @ weight.to(dtype)) * keep  # [..., in]
         if ctx.needs_input_grad[1]:
-            dropped = (x * mask).to(dtype)
+            dropped = (x * keep).to(dtype)
             grad_w = (grad_y.reshape(-1, grad_y.shape[-1]).t() @ dropped.reshape(-1, dropped.shape[-1])).to(weight.dtype)
         return grad_x, grad_w, None
 
@@ -67,12 +73,6 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
     return x.dtype
-
-
-def _keep_mask(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """Bernoulli(1 - p) keep mask scaled by 1 / (1 - p), in x's dtype, from its own generator."""
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    return torch.empty_like(x).bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)
 
 
 class DropoutLinear(nn.Linear):
