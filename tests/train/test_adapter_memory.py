@@ -9,12 +9,10 @@ import torch.nn.functional as F
 from peftkit.train.adapter_memory import (
     DropoutLinear,
     _DropoutLinearFn,
-    _keep_mask,
     adapter_inputs_uncast,
-    drop_rate,
     fuse_lora_dropout_in_place,
-    keep_scale,
 )
+from peftkit.train.dropout import _keep_mask, drop_rate, keep_scale
 
 
 def test_fused_dropout_linear_matches_dropout_then_linear_for_the_same_mask():

@@ -50,7 +50,8 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     from peftkit.methods import (apply_method, base_quantization, describe_method, parameter_counts, save_tuned,
                                  snapshot_initial)
     from peftkit.train.adapter_memory import adapter_inputs_uncast, fuse_lora_dropout_in_place
-    from peftkit.train.allocator import TrimHeapCallback, return_freed_memory_in_place
+    from peftkit.train.allocator import TrimHeapCallback, mmap_threshold_for, return_freed_memory_in_place
+    from peftkit.train.dropout import fast_dropout_in_place
     from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
     from peftkit.train.common import optimizer_note
     from peftkit.train.speed import plan_speed, prepare_model_in_place
@@ -96,12 +97,16 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     model = apply_method(base, method, task, gradient_checkpointing=plan.gradient_checkpointing)
     snapshot_initial(model, method, run_dir)  # PiSSA/OLoRA: the init the saved adapter is expressed against
     prepare_model_in_place(model, plan)
+    fast_dropouts = fast_dropout_in_place(model)  # the model's own and LoRA's: a 4x cheaper mask (train.dropout)
     fused = fuse_lora_dropout_in_place(model)  # exact; backward keeps x and a seed, not mask + dropped x
     notes = [plan.summary(), optimizer_note(recipe.train.optimizer, plan.device)]
-    trim_heap = plan.device == "cpu" and return_freed_memory_in_place()
+    threshold = mmap_threshold_for(plan.precision)
+    trim_heap = plan.device == "cpu" and return_freed_memory_in_place(threshold)
     if trim_heap:
-        notes.append("memory: freed tensors go back to the OS (glibc mmap threshold fixed at 2 MiB, heap "
-                     "trimmed after each step)")
+        notes.append(f"memory: freed tensors go back to the OS (glibc mmap threshold fixed at {threshold >> 20} MiB, "
+                     "heap trimmed after each step)")
+    if fast_dropouts:
+        notes.append(f"speed: {fast_dropouts} dropout layers draw their masks 16 bits at a time (train.dropout)")
     if fused:
         notes.append(f"activations: dropout fused into lora_A in {fused} layers (mask redrawn in backward)")
     if plan.bf16:
@@ -158,6 +163,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         "base_model_bytes": base_bytes,
         **peak_memory(),
         "speed": plan.as_dict(),
+        **_long_batch_counts(trainer),
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
         "val_history": [{"step": h["step"], "val_loss": h["eval_loss"]} for h in history if "eval_loss" in h],
     }
@@ -173,6 +179,13 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         f"({metrics['seconds_per_step']:.2f} s/step), val loss {metrics['val_loss'] if metrics['val_loss'] is not None else '–'}"
     )
     return TrainResult(run_dir, metrics)
+
+
+def _long_batch_counts(trainer) -> dict:
+    switch = getattr(trainer, "long_batches", None)
+    if switch is None:
+        return {}
+    return {"checkpointed_batches": switch.checkpointed_batches, "checkpoint_budget_tokens": switch.max_tokens}
 
 
 def _early_stopping_callbacks(recipe: Recipe, prepared, tokenizer) -> list:

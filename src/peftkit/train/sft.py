@@ -39,8 +39,11 @@ def _sft_trainer_class():
         """
 
         loss_chunk: int = 128
+        long_batches = None  # LongBatchCheckpointing, when the speed plan asks for it
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.long_batches is not None and model.training:
+                self.long_batches.set_for(inputs["input_ids"])
             if return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # The decoder is called directly (not model.forward, which accelerate wraps in autocast), so
@@ -134,6 +137,14 @@ def build_sft_trainer(
         callbacks=callbacks,
     )
     trainer.loss_chunk = plan.loss_chunk
+    if plan.long_batch_checkpointing and plan.labelled_positions_loss:
+        from peftkit.train.checkpointing import LongBatchCheckpointing, long_batch_tokens
+
+        budget = long_batch_tokens([len(ids) for ids in train_ds["input_ids"]], recipe.train.batch_size)
+        trainer.long_batches = LongBatchCheckpointing.attach(model, budget)
+        if trainer.long_batches is not None and console is not None:
+            console.print(f"memory: batches of more than {budget} tokens (batch_size x the 90th-percentile "
+                          f"length) run with activation checkpointing")
     # trl casts a 4-bit model's LoRA weights to bf16 in __init__; the plan keeps trainable weights (and so
     # the optimizer states, created at train()) in fp32.
     keep_trainable_fp32(model)
