@@ -35,7 +35,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from peftkit.train.adapter_memory import _DropoutLinearFn, _keep_mask, drop_rate
+    from peftkit.train.adapter_memory import _DropoutLinearFn, keep_mask, drop_rate
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -47,7 +47,7 @@ def main() -> None:
             x = torch.randn(*shape, dtype=dtype)
             w = torch.randn(16, shape[1], dtype=torch.float32, requires_grad=True)
             t_torch = per_call(lambda: F.dropout(x, p, True), args.repeats)
-            t_ours = per_call(lambda: _keep_mask(x, p, 1234), args.repeats)
+            t_ours = per_call(lambda: keep_mask(x, p, 1234), args.repeats)
             xg = x.clone().requires_grad_()
 
             def unfused():
@@ -59,7 +59,7 @@ def main() -> None:
             t_unfused = per_call(unfused, args.repeats)
             t_fused = per_call(fused, args.repeats)
             rate_torch = (F.dropout(torch.ones(shape), p, True) == 0).float().mean().item()
-            rate_ours = 1.0 - _keep_mask(x, p, 99).float().mean().item()
+            rate_ours = 1.0 - keep_mask(x, p, 99).float().mean().item()
             print(f"{str(shape):>14} {str(dtype).split('.')[-1]:>9} | {t_torch * 1e3:8.2f}ms {t_ours * 1e3:7.2f}ms "
                   f"{t_torch / t_ours:5.2f}x | {t_unfused * 1e3:13.2f}ms {t_fused * 1e3:11.2f}ms "
                   f"{t_unfused / t_fused:5.2f}x | {rate_torch:.4f} / {rate_ours:.4f} (p={p}, realised {drop_rate(p):.7f})")

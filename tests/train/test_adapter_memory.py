@@ -12,7 +12,7 @@ from peftkit.train.adapter_memory import (
     adapter_inputs_uncast,
     fuse_lora_dropout_in_place,
 )
-from peftkit.train.dropout import _keep_mask, drop_rate, keep_scale
+from peftkit.train.dropout import keep_mask, drop_rate, keep_scale
 
 
 def test_fused_dropout_linear_matches_dropout_then_linear_for_the_same_mask():
@@ -24,7 +24,7 @@ def test_fused_dropout_linear_matches_dropout_then_linear_for_the_same_mask():
     y.pow(2).sum().backward()
 
     torch.manual_seed(7)  # the seed the function drew
-    mask = _keep_mask(x.detach(), 0.3, int(torch.randint(0, 2**62, (1,)).item()))
+    mask = keep_mask(x.detach(), 0.3, int(torch.randint(0, 2**62, (1,)).item()))
     x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     y2 = F.linear(x2 * mask * keep_scale(0.3), w2)
     y2.pow(2).sum().backward()
@@ -39,7 +39,7 @@ def test_fused_dropout_linear_matches_dropout_then_linear_for_the_same_mask():
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
 def test_keep_mask_drops_at_rate_p_independently_and_repeats_from_its_seed(p):
     x = torch.empty(1000, 1000, dtype=torch.bfloat16)
-    mask = _keep_mask(x, p, seed=3)
+    mask = keep_mask(x, p, seed=3)
     assert mask.shape == x.shape
     dropped = (~mask).double()
     # 1e6 Bernoulli(p) draws: the rate is within 5 standard deviations of p
@@ -49,10 +49,10 @@ def test_keep_mask_drops_at_rate_p_independently_and_repeats_from_its_seed(p):
     for lag in (1, 2, 3, 4, 1000):
         corr = torch.corrcoef(torch.stack([flat[:-lag], flat[lag:]]))[0, 1].item()
         assert abs(corr) < 0.01, (lag, corr)
-    assert torch.equal(mask, _keep_mask(x, p, seed=3))
-    assert not torch.equal(mask, _keep_mask(x, p, seed=4))
+    assert torch.equal(mask, keep_mask(x, p, seed=3))
+    assert not torch.equal(mask, keep_mask(x, p, seed=4))
     # odd sizes (not a multiple of four 16-bit values) work too
-    assert _keep_mask(torch.empty(3, 7), p, seed=1).shape == (3, 7)
+    assert keep_mask(torch.empty(3, 7), p, seed=1).shape == (3, 7)
 
 
 def test_drop_rate_is_p_to_one_part_in_65536():

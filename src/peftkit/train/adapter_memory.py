@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit.train.dropout import _keep_mask, keep_scale
+from peftkit.train.dropout import draw_seed, keep_mask, keep_scale
 
 
 class _DropoutLinearFn(torch.autograd.Function):
@@ -47,8 +47,8 @@ class _DropoutLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
-        seed = int(torch.randint(0, 2**62, (1,)).item())  # drawn from the global RNG: seeded runs repeat
-        keep = _keep_mask(x, p, seed)
+        seed = draw_seed()
+        keep = keep_mask(x, p, seed)
         ctx.save_for_backward(x, weight)
         ctx.seed, ctx.p = seed, p
         return F.linear(x * keep, weight.to(_compute_dtype(x))) * keep_scale(p)  # [..., r]
@@ -56,7 +56,7 @@ class _DropoutLinearFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         x, weight = ctx.saved_tensors
-        keep = _keep_mask(x, ctx.p, ctx.seed)  # the forward's mask, drawn again
+        keep = keep_mask(x, ctx.p, ctx.seed)  # the forward's mask, drawn again
         dtype = _compute_dtype(x)
         grad_y = (grad_y * keep_scale(ctx.p)).to(dtype)  # [..., r]
         grad_x = grad_w = None

@@ -1,7 +1,7 @@
 """Activation checkpointing for the long batches only: the peak memory of a typical batch at almost full speed.
 
     budget = long_batch_tokens(lengths, batch_size=8)      # batch_size x the 90th-percentile example length
-    switch = LongBatchCheckpointing(model, budget)        # None when the model cannot checkpoint its layers
+    switch = LongBatchCheckpointing.attach(model, budget) # None when the model cannot checkpoint its layers
     switch.set_for(batch["input_ids"])                   # before each forward: on above the budget, off below
 
 Peak memory is set by the longest batch: with length-grouped batches of chatterbot conversations the

@@ -137,7 +137,7 @@ def build_sft_trainer(
         callbacks=callbacks,
     )
     trainer.loss_chunk = plan.loss_chunk
-    if plan.long_batch_checkpointing and plan.labelled_positions_loss:
+    if plan.long_batch_checkpointing:  # the plan sets it only where the labelled-positions trainer runs
         from peftkit.train.checkpointing import LongBatchCheckpointing, long_batch_tokens
 
         budget = long_batch_tokens([len(ids) for ids in train_ds["input_ids"]], recipe.train.batch_size)
