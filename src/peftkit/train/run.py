@@ -182,10 +182,12 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
 
 
 def _long_batch_counts(trainer) -> dict:
-    switch = getattr(trainer, "long_batches", None)
-    if switch is None:
+    budget = getattr(trainer, "long_batch_tokens", 0)
+    if not budget:
         return {}
-    return {"checkpointed_batches": switch.checkpointed_batches, "checkpoint_budget_tokens": switch.max_tokens}
+    switch = getattr(trainer, "long_batches", None)
+    return {"long_batch_tokens": budget, "split_batches": trainer.split_batches,
+            "checkpointed_batches": switch.checkpointed_batches if switch is not None else 0}
 
 
 def _early_stopping_callbacks(recipe: Recipe, prepared, tokenizer) -> list:

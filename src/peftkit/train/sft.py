@@ -39,18 +39,50 @@ def _sft_trainer_class():
         """
 
         loss_chunk: int = 128
-        long_batches = None  # LongBatchCheckpointing, when the speed plan asks for it
+        long_batch_tokens: int = 0  # batches above it run in row slices (train.long_batches); 0: never
+        long_batches = None  # LongBatchCheckpointing for a single row above the budget
+        split_batches = 0
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.long_batches is not None and model.training:
-                self.long_batches.set_for(inputs["input_ids"])
             if return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if model.training and self.long_batch_tokens and inputs["input_ids"].numel() > self.long_batch_tokens:
+                return self._loss_in_pieces(model, inputs, num_items_in_batch)
+            return self._labelled_loss(model, inputs, num_items_in_batch)
+
+        def _labelled_loss(self, model, inputs, num_items_in_batch):
+            if self.long_batches is not None and model.training:
+                self.long_batches.set_for(inputs["input_ids"])
             # The decoder is called directly (not model.forward, which accelerate wraps in autocast), so
             # autocast is entered here: bf16 matmuls on the bf16 path, adapters included.
             with self.accelerator.autocast():
                 return labelled_positions_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch,
                                                self.loss_chunk)
+
+        def _loss_in_pieces(self, model, inputs, num_items_in_batch):
+            """The batch's loss from row slices of at most long_batch_tokens tokens: every slice but the last is
+            backpropagated here, the last by the Trainer; each divides by the whole batch's labelled tokens, so
+            the gradient is the whole batch's. Returns the whole batch's loss (its last slice's graph only)."""
+            from peftkit.train.long_batches import labelled_tokens, split_batch
+
+            pieces = split_batch(inputs, self.long_batch_tokens)
+            count = labelled_tokens(inputs["labels"]).clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+            done = 0.0
+            for piece in pieces[:-1]:
+                loss = self._labelled_loss(model, piece, count)
+                # the Trainer divides the loss it backpropagates by the accumulation steps unless the loss is
+                # already normalised over the whole accumulated step (num_items_in_batch): the same here
+                self.accelerator.backward(loss if self._loss_scaled_for_accumulation(num_items_in_batch)
+                                          else loss / self.current_gradient_accumulation_steps)
+                done = done + loss.detach()
+            self.split_batches += 1
+            return self._labelled_loss(model, pieces[-1], count) + done
+
+        def _loss_scaled_for_accumulation(self, num_items_in_batch) -> bool:
+            """Trainer.training_step's own test, for the slices backpropagated before it runs."""
+            if self.loss_is_scaled_for_ga is not None:
+                return self.loss_is_scaled_for_ga
+            return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
 
     return LabelledPositionsSFTTrainer
 
@@ -137,14 +169,16 @@ def build_sft_trainer(
         callbacks=callbacks,
     )
     trainer.loss_chunk = plan.loss_chunk
-    if plan.long_batch_checkpointing:  # the plan sets it only where the labelled-positions trainer runs
-        from peftkit.train.checkpointing import LongBatchCheckpointing, long_batch_tokens
+    if plan.split_long_batches:  # the plan sets it only where the labelled-positions trainer runs
+        from peftkit.train.long_batches import LongBatchCheckpointing, long_batch_tokens
 
         budget = long_batch_tokens([len(ids) for ids in train_ds["input_ids"]], recipe.train.batch_size)
-        trainer.long_batches = LongBatchCheckpointing.attach(model, budget)
-        if trainer.long_batches is not None and console is not None:
+        trainer.long_batch_tokens = budget
+        if budget < recipe.data.max_length:  # a single row can be above the budget: checkpoint it
+            trainer.long_batches = LongBatchCheckpointing.attach(model, budget)
+        if console is not None:
             console.print(f"memory: batches of more than {budget} tokens (batch_size x the 90th-percentile "
-                          f"length) run with activation checkpointing")
+                          f"length) run in row slices of at most {budget} tokens, one backward pass each")
     # trl casts a 4-bit model's LoRA weights to bf16 in __init__; the plan keeps trainable weights (and so
     # the optimizer states, created at train()) in fp32.
     keep_trainable_fp32(model)

@@ -47,7 +47,7 @@ class SpeedPlan:
     checkpointing_reason: str
     labelled_positions_loss: bool  # LM head only where a label is, chunked CE
     loss_chunk: int
-    long_batch_checkpointing: bool = False  # checkpoint only batches above the p90 size (train.checkpointing)
+    split_long_batches: bool = False  # batches above the p90 size run in row slices (train.long_batches)
 
     @property
     def bf16(self) -> bool:
@@ -65,7 +65,7 @@ class SpeedPlan:
     def _checkpointing_word(self) -> str:
         if self.gradient_checkpointing:
             return "on"
-        return "for long batches only" if self.long_batch_checkpointing else "off"
+        return "off, long batches cut into pieces" if self.split_long_batches else "off"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -121,11 +121,11 @@ def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 
     compile_on = spec.compile == "on" or (spec.compile == "auto" and AUTO_COMPILE[device])
     tokens = spec.batch_size * max_length
     gc_on, gc_reason = _checkpointing(spec.gradient_checkpointing, model_config, tokens, precision.name, device)
-    # Padded batches of varying length: the longest few set the peak; checkpoint only those (train.checkpointing).
+    # Padded batches of varying length: the longest few set the peak; cut only those (train.long_batches).
     long_batches = (spec.gradient_checkpointing == "auto" and not gc_on and causal and packing == "off"
                     and method not in PROMPT_LEARNING_KINDS)
     if long_batches:
-        gc_reason += "; batches above batch_size x the 90th-percentile length are checkpointed"
+        gc_reason += "; batches above batch_size x the 90th-percentile length run in row slices"
     return SpeedPlan(
         device=device,
         precision=precision.name,
@@ -137,7 +137,7 @@ def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 
         checkpointing_reason=gc_reason,
         labelled_positions_loss=causal and method not in PROMPT_LEARNING_KINDS,
         loss_chunk=spec.loss_chunk,
-        long_batch_checkpointing=long_batches,
+        split_long_batches=long_batches,
     )
 
 
