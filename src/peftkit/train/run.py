@@ -52,6 +52,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     from peftkit.train.adapter_memory import adapter_inputs_uncast, fuse_lora_dropout_in_place
     from peftkit.train.allocator import TrimHeapCallback, mmap_threshold_for, return_freed_memory_in_place
     from peftkit.train.dropout import fast_dropout_in_place
+    from peftkit.train.gated_mlp import fuse_gated_mlps_in_place
     from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
     from peftkit.train.common import optimizer_note
     from peftkit.train.speed import plan_speed, prepare_model_in_place
@@ -99,6 +100,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     prepare_model_in_place(model, plan)
     fast_dropouts = fast_dropout_in_place(model)  # the model's own and LoRA's: a 4x cheaper mask (train.dropout)
     fused = fuse_lora_dropout_in_place(model)  # exact; backward keeps x and a seed, not mask + dropped x
+    gated = fuse_gated_mlps_in_place(model)  # exact; SwiGLU MLPs keep gate and up, not silu(gate) too
     notes = [plan.summary(), optimizer_note(recipe.train.optimizer, plan.device)]
     threshold = mmap_threshold_for(plan.precision)
     trim_heap = plan.device == "cpu" and return_freed_memory_in_place(threshold)
@@ -109,6 +111,8 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         notes.append(f"speed: {fast_dropouts} dropout layers draw their masks 16 bits at a time (train.dropout)")
     if fused:
         notes.append(f"activations: dropout fused into lora_A in {fused} layers (mask redrawn in backward)")
+    if gated:
+        notes.append(f"activations: {gated} gated MLPs keep gate and up for backward, not silu(gate) as well")
     if plan.bf16:
         notes.append("activations: adapter inputs stay bf16 under autocast (no fp32 copies)")
     with (run_dir / "train.log").open("a", encoding="utf-8") as fh:
