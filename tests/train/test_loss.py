@@ -21,6 +21,36 @@ def test_chunked_cross_entropy_equals_plain_cross_entropy_and_its_gradient():
     torch.testing.assert_close(g_chunked, g_plain)
 
 
+def test_chunked_cross_entropy_gives_a_training_heads_gradients_and_scales_by_the_incoming_one():
+    torch.manual_seed(1)
+    hidden = torch.randn(21, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(50, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (21,))
+    chunked = chunked_cross_entropy(hidden, weight, bias, targets, chunk=8) * 0.37
+    grads = torch.autograd.grad(chunked, (hidden, weight, bias))
+    plain = F.cross_entropy(hidden @ weight.T + bias, targets, reduction="sum") * 0.37
+    plain_grads = torch.autograd.grad(plain, (hidden, weight, bias))
+    torch.testing.assert_close(chunked, plain)
+    for got, want in zip(grads, plain_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_chunked_cross_entropy_under_bf16_autocast_is_close_to_fp32():
+    torch.manual_seed(2)
+    hidden = torch.randn(19, 32, requires_grad=True)
+    weight = torch.randn(64, 32) * 0.1
+    targets = torch.randint(0, 64, (19,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_cross_entropy(hidden, weight, None, targets, chunk=8)
+    (grad,) = torch.autograd.grad(loss, hidden)
+    plain = F.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    (plain_grad,) = torch.autograd.grad(plain, hidden)
+    assert loss.dtype == torch.float32 and grad.dtype == hidden.dtype
+    torch.testing.assert_close(loss, plain, rtol=2e-2, atol=0.0)
+    torch.testing.assert_close(grad, plain_grad, rtol=5e-2, atol=5e-3)
+
+
 def test_no_labelled_position_gives_a_differentiable_zero():
     hidden = torch.randn(0, 4, requires_grad=True)
     loss = chunked_cross_entropy(hidden, torch.randn(6, 4), None, torch.zeros(0, dtype=torch.long))
