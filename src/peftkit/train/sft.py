@@ -177,7 +177,7 @@ def build_sft_trainer(
         if budget < recipe.data.max_length:  # a single row can be above the budget: checkpoint it
             trainer.long_batches = LongBatchCheckpointing.attach(model, budget)
         if console is not None:
-            console.print(f"memory: batches of more than {budget} tokens (batch_size x the 90th-percentile "
+            console.print(f"memory: batches of more than {budget} tokens (batch_size x the 75th-percentile "
                           f"length) run in row slices of at most {budget} tokens, one backward pass each")
     # trl casts a 4-bit model's LoRA weights to bf16 in __init__; the plan keeps trainable weights (and so
     # the optimizer states, created at train()) in fp32.

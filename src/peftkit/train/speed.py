@@ -47,7 +47,7 @@ class SpeedPlan:
     checkpointing_reason: str
     labelled_positions_loss: bool  # LM head only where a label is, chunked CE
     loss_chunk: int
-    split_long_batches: bool = False  # batches above the p90 size run in row slices (train.long_batches)
+    split_long_batches: bool = False  # batches above the p75 size run in row slices (train.long_batches)
 
     @property
     def bf16(self) -> bool:
@@ -125,7 +125,7 @@ def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 
     long_batches = (spec.gradient_checkpointing == "auto" and not gc_on and causal and packing == "off"
                     and method not in PROMPT_LEARNING_KINDS)
     if long_batches:
-        gc_reason += "; batches above batch_size x the 90th-percentile length run in row slices"
+        gc_reason += "; batches above batch_size x the 75th-percentile length run in row slices"
     return SpeedPlan(
         device=device,
         precision=precision.name,
