@@ -103,7 +103,9 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     gated = fuse_gated_mlps_in_place(model)  # exact; SwiGLU MLPs keep gate and up, not silu(gate) too
     notes = [plan.summary(), optimizer_note(recipe.train.optimizer, plan.device)]
     threshold = mmap_threshold_for(plan.precision)
-    trim_heap = plan.device == "cpu" and return_freed_memory_in_place(threshold)
+    # Causal-LM batches vary in length, and glibc's heap then fragments; classification batches of one
+    # length reuse it as it is, where the fixed threshold and trimming only cost speed (train.allocator).
+    trim_heap = plan.device == "cpu" and task == "causal-lm" and return_freed_memory_in_place(threshold)
     if trim_heap:
         notes.append(f"memory: freed tensors go back to the OS (glibc mmap threshold fixed at {threshold >> 20} MiB, "
                      "heap trimmed after each step)")
