@@ -64,3 +64,15 @@ def trim_returns_freed_heap_blocks_below_the_threshold():
     assert before - after > 100, (before, after)
     assert trim_heap() in (True, False)
     del tensors
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_train_fixes_the_threshold_for_causal_lm_runs_only(tiny_llama_dir, tiny_bert_dir, runs_dir):
+    from peftkit.train import train
+
+    common = ["train.max_steps=1", "train.batch_size=4", f"output.runs_dir={runs_dir}", "output.mlflow=false"]
+    sft = train("chatterbot-sft", overrides=[f"model.name={tiny_llama_dir}", "data.size=40", "output.run_id=s", *common])
+    cls = train("bbc-news-lora", overrides=[f"model.name={tiny_bert_dir}", "data.size=40", "output.run_id=c", *common])
+    note = "freed tensors go back to the OS"
+    assert note in (sft.run_dir / "train.log").read_text()
+    assert note not in (cls.run_dir / "train.log").read_text()
