@@ -31,8 +31,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from peftkit.train.loss import IGNORE_INDEX
+
 LONG_BATCH_QUANTILE = 0.75
-IGNORE_INDEX = -100
 
 
 def long_batch_tokens(lengths: Sequence[int], batch_size: int, quantile: float = LONG_BATCH_QUANTILE) -> int:
