@@ -399,6 +399,9 @@ def plan(
     task: Annotated[Optional[str], typer.Option(help="causal-lm or sequence-classification (default: the model's).")] = None,
     path: Annotated[str, typer.Option(help="peftkit: `peftkit train`'s training path (chunked loss at labelled positions, "
                                            "leaner LoRA layers); stock: a plain transformers/peft loop.")] = "peftkit",
+    max_batch_tokens: Annotated[Optional[int], typer.Option(
+        help="peftkit path: batches of more tokens run in row slices of this many (a run's metrics: "
+             "long_batch_tokens); default: the whole batch at once.")] = None,
     gpu: Annotated[Optional[str], typer.Option(help="GPU names, comma-separated, or 'all' (default).")] = None,
     gpu_memory: Annotated[Optional[str], typer.Option(help="Judge against this much memory instead, e.g. 16GiB.")] = None,
     here: Annotated[bool, typer.Option("--here", help="Judge against this machine's free GPU memory or available RAM.")] = False,
@@ -450,13 +453,15 @@ def plan(
         devices = [current_device()] if not (gpu or gpu_memory) else None
         kind = devices[0].kind if devices else "cuda"
         base = spec_from_recipe(load_recipe(recipe, set_ or []), kind)
+        if max_batch_tokens is not None:
+            base = TrainPlanSpec(**{**base.model_dump(), "max_batch_tokens": max_batch_tokens})
         specs = [base]
     elif model is not None:
         methods = [m.strip() for m in method.split(",") if m.strip()]
         try:
             specs = [TrainPlanSpec(model=model, method=m, rank=rank, targets=targets, batch=batch, seq=seq, dtype=dtype,
                                    gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, attention=attention,
-                                   objective=objective, task=task, path=path,
+                                   objective=objective, task=task, path=path, max_batch_tokens=max_batch_tokens,
                                    device="cpu" if here and not _has_cuda() else "cuda")
                      for m in methods]
         except ValueError as exc:  # pydantic: name the flag and what it accepts

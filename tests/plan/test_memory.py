@@ -171,3 +171,24 @@ def test_peftkit_path_plans_chunked_logits_and_leaner_adapters():
     full = spec.model_copy(update={"method": "full"})
     assert (plan_training(full).components["activations"]
             == plan_training(full.model_copy(update={"path": "peftkit"})).components["activations"])
+
+
+def test_peftkit_path_plans_a_long_batch_as_its_largest_row_slice():
+    """max_batch_tokens (train.long_batches): 8 x 256 tokens above a 1,024-token budget run 4 rows at a time,
+    so activations and logits are those of a 4-row batch; a row longer than the budget is checkpointed."""
+    spec = TrainPlanSpec(model="smollm2-135m", method="lora", batch=8, seq=256, dtype="float32", device="cpu",
+                         path="peftkit")
+    plan = lambda **u: plan_training(spec.model_copy(update=u))  # noqa: E731
+    sliced, four_rows = plan(max_batch_tokens=1024), plan(batch=4)
+    for part in ("activations", "logits (loss, fp32)", "checkpoint recompute"):
+        assert sliced.components[part] == four_rows.components[part]
+    assert sliced.peak_bytes < plan().peak_bytes
+    assert any("runs 4 rows at a time" in n for n in sliced.notes)
+    one_row = plan(max_batch_tokens=100)
+    assert one_row.components["activations"] == plan(batch=1, gradient_checkpointing=True).components["activations"]
+    assert any("checkpointed" in n for n in one_row.notes)
+    # a budget the batch fits in, and the stock path, change nothing
+    assert plan(max_batch_tokens=2048).components == plan().components
+    stock = spec.model_copy(update={"path": "stock"})
+    assert (plan_training(stock.model_copy(update={"max_batch_tokens": 1024})).components
+            == plan_training(stock).components)

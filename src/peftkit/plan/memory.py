@@ -22,7 +22,8 @@ and the traced forward (peftkit.plan.activations), not from a rule of thumb:
   the logits' gradient are alive together at the start of backward (3 × 4 bytes, +2 when the model
   computes in 16-bit); on peftkit's path (`path="peftkit"`) only LOSS_CHUNK positions at a time
   (the labelled-positions loss, peftkit.train.loss), and the LoRA layers keep less (traced with
-  inputs uncast under autocast and the dropout fused into lora_A; see `adapter_shape`);
+  inputs uncast under autocast and the dropout fused into lora_A; see `adapter_shape`); with
+  `max_batch_tokens` a batch above it is planned as its largest row slice (`row_slice`);
 - scratch: one checkpointed layer recomputed, one dequantized 4-bit weight, DoRA's weight norm,
   AdamW's temporary (all trainable parameters for the multi-tensor CUDA path, the largest tensor for
   the per-tensor CPU path);
@@ -89,6 +90,10 @@ class TrainPlanSpec(Spec):
     attention: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     objective: Literal["sft", "dpo"] = Field("sft", description="dpo: chosen + rejected per example, a reference model.")
     device: Literal["cuda", "cpu"] = Field("cuda", description="Kind of device the plan is for (runtime overhead, kernels).")
+    max_batch_tokens: int | None = Field(
+        None, gt=0, description="peftkit path: a batch of more tokens runs in row slices of at most this many, one "
+                                "backward each (`peftkit train` logs its budget as metrics' long_batch_tokens); a "
+                                "single row longer than it is checkpointed. None: the whole batch at once.")
     path: Literal["stock", "peftkit"] = Field(
         "stock", description="stock: a plain transformers/peft training loop (full logits, peft's LoRA layers); "
                              "peftkit: `peftkit train`'s own (LM head only at labelled positions in chunks, adapter "
@@ -254,6 +259,16 @@ def adapter_shape(spec: TrainPlanSpec, kind: str, targets, compute: str) -> Adap
                         adapter_dtype=compute if compute != "float32" else None)
 
 
+def row_slice(spec: TrainPlanSpec, seqs: int, seq_len: int) -> tuple[int, bool]:
+    """Rows one forward/backward holds, and whether they are checkpointed (peftkit.train.long_batches):
+    on peftkit's path a batch above `max_batch_tokens` runs in slices of that many tokens, one row at least,
+    and a row longer than the budget is checkpointed."""
+    budget = spec.max_batch_tokens if spec.path == "peftkit" else None
+    if budget is None or seqs * seq_len <= budget:
+        return seqs, spec.gradient_checkpointing
+    return max(1, budget // seq_len), spec.gradient_checkpointing or seq_len > budget
+
+
 def plan_training(spec: TrainPlanSpec) -> MemoryPlan:
     """Predict the peak memory of one training step of `spec` (see the module docstring)."""
     arch = _architecture(spec)
@@ -281,16 +296,21 @@ def plan_training(spec: TrainPlanSpec) -> MemoryPlan:
     seqs = spec.batch * (2 if spec.objective == "dpo" else 1)
     seq_len = spec.seq + (spec.virtual_tokens if kind == "frozen" else 0)
     targets = resolved_targets(arch, spec.targets) if kind in ("lora", "dora") else ""
-    trace = trace_activations(arch, adapter_shape(spec, kind, targets, compute), seqs, seq_len, compute, spec.device)
-    activations = trace.saved_bytes(spec.gradient_checkpointing)
+    piece, checkpointed = row_slice(spec, seqs, seq_len)
+    if piece < seqs:
+        notes.append(f"row slices: the {seqs} x {seq_len}-token batch is above max_batch_tokens={spec.max_batch_tokens} "
+                     f"and runs {piece} row{'s' if piece > 1 else ''} at a time"
+                     + (", each row checkpointed (longer than the budget)" if checkpointed else ""))
+    trace = trace_activations(arch, adapter_shape(spec, kind, targets, compute), piece, seq_len, compute, spec.device)
+    activations = trace.saved_bytes(checkpointed)
     if arch.task == "causal-lm":
-        rows = seqs * seq_len
+        rows = piece * seq_len
         if spec.path == "peftkit" and kind != "frozen":  # labelled positions only, LOSS_CHUNK rows of logits at once
             rows = min(rows, LOSS_CHUNK)
         logits = rows * arch.vocab * (12 if compute == "float32" else 14)
     else:
         logits = seqs * arch.num_labels * 12
-    recompute = trace.recompute_bytes(spec.gradient_checkpointing)
+    recompute = trace.recompute_bytes(checkpointed)
     dequant = max((d * k for d, k in quantized.values()), default=0) * dbytes
     if spec.method == "dora":
         shapes = arch.linear_shapes()
