@@ -2,7 +2,8 @@
 
     python benchmarks/train_bench.py                       # SFT: (a) stock fp32, (b) stock bf16+packing, (c) peftkit
     python benchmarks/train_bench.py --suite classify      # bbc-news on minilm-l6: stock fp32 Trainer vs peftkit
-    python benchmarks/train_bench.py --suite qlora         # 4-bit NF4 base: stock QLoRA recipe vs peftkit's training path
+    python benchmarks/train_bench.py --suite qlora         # 4-bit NF4 base: stock QLoRA recipe (bf16 compute as the
+                                                           # docs show it, and fp32 compute) vs peftkit's training path
 
 SFT suite (issue 7): same data (built-in `chatterbot`, chat format, peftkit's seeded split), model
 (`smollm2-135m`), LoRA (r=16, alpha=32, dropout 0.05, all-linear), batch 8, max length 256, 40
@@ -19,6 +20,14 @@ Each reports real (non-padding) tokens per second of training, seconds per optim
 resident memory of its process up to the end of training, and the eval loss after training: the
 mean next-token cross-entropy over the answer tokens of the validation split, computed the same
 way for all three (fp32, full logits, batches of 8). Ratios (c)/(a) and (c)/(b) close the table.
+
+Each run also reports its model-FLOPs utilisation (MFU): model FLOPs per real token
+(`peftkit.plan.cost.flops_per_token`: 2N forward + attention, the same again for the input
+gradients of the frozen weights, nothing for recomputation) times real tokens per second, divided
+by the fastest matrix product the same process measures right after training (the better of fp32
+and bf16, up to 2048-cubed on CPU, 8192-cubed on CUDA). The FLOPs per token are the same for every
+config of a suite, so MFU ratios equal tokens/s ratios; the absolute figure says how far from the
+machine's ceiling a config runs.
 
 Run it alone on the machine (`flock /tmp/peftkit-measure.lock python benchmarks/train_bench.py`):
 it takes about 20 minutes on 2 cores. `--steps` and `--configs` shorten it for a smoke run.
@@ -40,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITES = {
     "sft": ["a_stock_fp32", "b_stock_bf16_packing", "c_peftkit"],  # --configs ...,d_peftkit_checkpointing adds (d)
     "classify": ["stock_fp32", "peftkit"],
-    "qlora": ["stock_qlora", "peftkit_qlora"],
+    "qlora": ["stock_qlora", "stock_qlora_fp32", "peftkit_qlora"],
 }
 LABELS = {
     "a_stock_fp32": "(a) stock trl+peft, fp32",
@@ -51,8 +60,59 @@ LABELS = {
     "stock_fp32": "stock Trainer+peft, fp32",
     "peftkit": "peftkit default",
     "stock_qlora": "stock QLoRA (nf4, bf16 compute)",
+    "stock_qlora_fp32": "stock QLoRA, fp32 compute",
     "peftkit_qlora": "peftkit path on the same nf4 base",
 }
+
+
+def matmul_peak_gflops() -> dict:
+    """Best GFLOP/s of a square matrix product per dtype on the device training used (after warm-up).
+
+    Each dtype's size is picked from a 512-cubed trial so one product takes about half a second (at most
+    2048-cubed on CPU, 8192-cubed on CUDA): CPUs without native bf16 emulate it at a few GFLOP/s.
+    """
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    largest = 8192 if device == "cuda" else 2048
+
+    def seconds(n: int, dtype, repeats: int) -> float:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        best = float("inf")
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            a @ b
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    out = {"device": device}
+    for dtype in (torch.float32, torch.bfloat16):
+        trial = 2 * 512**3 / seconds(512, dtype, 2)  # FLOP/s at 512-cubed
+        n = int(min(largest, max(512, (0.25 * trial) ** (1 / 3))) // 256 * 256)
+        out[str(dtype).removeprefix("torch.")] = 2 * n**3 / seconds(n, dtype, 4) / 1e9
+    return out
+
+
+def model_flops_per_token(suite: str, result: dict) -> float:
+    """Training FLOPs per real token for `result`'s run, the planner's formula (see the module docstring).
+
+    Attention's context is the mean real tokens per row (packed rows count as their full length).
+    """
+    from peftkit.plan.cost import flops_per_token
+    from peftkit.plan.memory import TrainPlanSpec
+
+    if suite == "classify":  # the children report the recipe's batch, length cap and label count
+        seq = round(result["tokens"] / (result["steps"] * result["batch"]))
+        spec = TrainPlanSpec(model="minilm-l6", task="sequence-classification", num_labels=result["num_labels"],
+                             seq=max(1, min(result["max_length"], seq)))
+    else:  # sft_recipe / stock_sft: batch 8, max length 256
+        spec = TrainPlanSpec(model="smollm2-135m", task="causal-lm",
+                             seq=max(1, min(256, round(result["tokens"] / (result["steps"] * 8)))))
+    return flops_per_token(spec)
 
 
 def peak_rss_gib() -> float:
@@ -144,14 +204,17 @@ def classify_eval(model, tokenizer, prep, max_length: int) -> dict:
             logits = model(**enc).logits.float()
             total += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(-1) == y).sum())
-    return {"eval_loss": total / len(rows), "eval_accuracy": correct / len(rows)}
+    return {"eval_loss": total / len(rows), "eval_accuracy": correct / len(rows), "num_labels": len(prep.labels)}
 
 
 # ----------------------------------------------------------------------------------------------- children
 
 
-def stock_sft(args, work: Path, bf16: bool, packing: bool, quantized: bool = False) -> dict:
-    """The docs recipe: AutoModelForCausalLM + LoraConfig + SFTTrainer(peft_config=...), trl defaults."""
+def stock_sft(args, work: Path, bf16: bool, packing: bool, quantized: bool = False,
+              compute_dtype: str = "bfloat16") -> dict:
+    """The docs recipe: AutoModelForCausalLM + LoraConfig + SFTTrainer(peft_config=...), trl defaults.
+
+    quantized: the QLoRA docs' BitsAndBytesConfig (nf4, double quantization, `compute_dtype` compute)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -169,7 +232,7 @@ def stock_sft(args, work: Path, bf16: bool, packing: bool, quantized: bool = Fal
 
         load["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
+            bnb_4bit_compute_dtype=getattr(torch, compute_dtype))
     model = AutoModelForCausalLM.from_pretrained(path, **load)
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     config = SFTConfig(
@@ -279,7 +342,7 @@ def stock_classify(args, work: Path) -> dict:
     out = trainer.train()
     padded = out.metrics["train_runtime"]
     res = {"train_seconds": padded, "steps": trainer.state.global_step, "tokens": trainer.state.num_input_tokens_seen,
-           "peak_rss_gib": peak_rss_gib()}
+           "peak_rss_gib": peak_rss_gib(), "batch": recipe.train.batch_size, "max_length": recipe.data.max_length}
     res.update(classify_eval(model, tokenizer, prep, recipe.data.max_length))
     return res
 
@@ -297,6 +360,7 @@ def peftkit_classify(args, work: Path) -> dict:
     m = result.metrics
     out = {"train_seconds": m["train_seconds"], "steps": m["steps"], "tokens": m["train_tokens"],
            "peak_rss_gib": peak_rss_gib(), "plan": m["speed"]}
+    out.update(batch=recipe.train.batch_size, max_length=recipe.data.max_length)
     path = resolve_model("minilm-l6")
     base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(prep.labels))
     model = PeftModel.from_pretrained(base, result.run_dir / "adapter")
@@ -313,6 +377,9 @@ CHILDREN = {
     "stock_fp32": stock_classify,
     "peftkit": peftkit_classify,
     "stock_qlora": lambda a, w: stock_sft(a, w, bf16=False, packing=False, quantized=True),
+    # what a CPU user without bf16 hardware would change by hand: the compute dtype
+    "stock_qlora_fp32": lambda a, w: stock_sft(a, w, bf16=False, packing=False, quantized=True,
+                                               compute_dtype="float32"),
     "peftkit_qlora": peftkit_qlora,
 }
 
@@ -324,6 +391,7 @@ def run_child(args) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory(prefix=f"bench-{args.child}-") as tmp:
         result = CHILDREN[args.child](args, Path(tmp))
+    result["matmul_gflops"] = matmul_peak_gflops()  # the ceiling, measured in this process after its run
     print("RESULT " + json.dumps(result))
 
 
@@ -363,17 +431,24 @@ def main() -> None:
         r["tokens_per_second"] = r["tokens"] / r["train_seconds"]
         r["seconds_per_step"] = r["train_seconds"] / r["steps"]
         r["process_seconds"] = time.perf_counter() - started
+        r["model_gflops_per_second"] = model_flops_per_token(args.suite, r) * r["tokens_per_second"] / 1e9
+        peak = max(v for k, v in r["matmul_gflops"].items() if k != "device")
+        r["mfu"] = r["model_gflops_per_second"] / peak
         results[name] = r
         console.print(f"  {r['tokens_per_second']:.0f} tok/s, {r['seconds_per_step']:.2f} s/step, "
                       f"peak RSS {r['peak_rss_gib']:.2f} GiB, eval loss {r['eval_loss']:.4f}")
+        peaks = r["matmul_gflops"]
+        console.print(f"  {r['model_gflops_per_second']:.1f} model GFLOP/s = MFU {100 * r['mfu']:.1f}% of "
+                      f"{max(peaks['float32'], peaks['bfloat16']):.0f} GFLOP/s ({peaks['device']} matmul peak here: "
+                      f"fp32 {peaks['float32']:.0f}, bf16 {peaks['bfloat16']:.1f})")
 
     table = Table(title=f"train_bench --suite {args.suite}: {args.steps} steps, {args.threads} threads")
-    for col in ("config", "real tokens", "tokens/s", "s/step", "peak RSS GiB", "eval loss"):
+    for col in ("config", "real tokens", "tokens/s", "s/step", "peak RSS GiB", "MFU", "eval loss"):
         table.add_column(col, justify="right" if col != "config" else "left")
     for name, r in results.items():
         extra = f"  acc {r['eval_accuracy']:.3f}" if "eval_accuracy" in r else ""
         table.add_row(LABELS[name], f"{r['tokens']:,}", f"{r['tokens_per_second']:.0f}", f"{r['seconds_per_step']:.2f}",
-                      f"{r['peak_rss_gib']:.2f}", f"{r['eval_loss']:.4f}{extra}")
+                      f"{r['peak_rss_gib']:.2f}", f"{100 * r['mfu']:.1f}%", f"{r['eval_loss']:.4f}{extra}")
     console.print(table)
     stock = [n for n in names if n.startswith(("a_", "b_", "stock"))]
     for ours, base in [(o, b) for o in names if o not in stock for b in stock]:
