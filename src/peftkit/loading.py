@@ -111,3 +111,6 @@ def own_memory_in_place(model) -> None:
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.dtype.is_floating_point and tensor.device.type == "cpu":
                 tensor.data = tensor.data.clone()
+    from peftkit.train.allocator import trim_heap
+
+    trim_heap()  # and the heap pages of the full-precision weights quantizing freed
