@@ -11,7 +11,8 @@ optimizer steps, lr 2e-4, seed 42, 2 threads:
   (a) stock: exactly the trl/peft docs recipe (`SFTTrainer(model, args=SFTConfig(...), peft_config=...)`),
       fp32 (`bf16=False`, the one change a CPU needs), no packing; trl's other defaults kept
       (activation checkpointing on, its fused LM head over every position, entropy/accuracy metrics);
-  (b) the same with `bf16=True` (plus `use_cpu=True`, which transformers requires for bf16 on CPU)
+  (b) the same with `bf16=True` (plus `use_cpu=True` on a machine without CUDA, which transformers
+      requires for bf16 on CPU)
       and `packing=True`: the best a user can switch on by hand;
   (c) `peftkit.train()` with the recipe's defaults for speed (`train.precision/packing/...: auto`);
   (d) optional (`--configs`): the same with `train.gradient_checkpointing=on`;
@@ -238,7 +239,7 @@ def stock_sft(args, work: Path, bf16: bool, packing: bool, quantized: bool = Fal
     config = SFTConfig(
         output_dir=str(work / "out"), per_device_train_batch_size=8, per_device_eval_batch_size=8, max_length=256,
         max_steps=args.steps, learning_rate=2e-4, seed=42, logging_steps=10, save_strategy="no", report_to="none",
-        bf16=bf16, use_cpu=bf16, packing=packing, disable_tqdm=True,
+        bf16=bf16, use_cpu=bf16 and not torch.cuda.is_available(), packing=packing, disable_tqdm=True,
         # measurement only: packed rows have no padding and no attention mask, so count every token there
         include_num_input_tokens_seen="all" if packing else "non_padding",
     )
