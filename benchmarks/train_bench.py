@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -98,26 +97,27 @@ def matmul_peak_gflops() -> dict:
     return out
 
 
-def model_flops_per_token(suite: str, result: dict) -> float:
+def model_flops_per_token(args, result: dict) -> float:
     """Training FLOPs per real token for `result`'s run, the planner's formula (see the module docstring).
 
-    Attention's context is the mean real tokens per row (packed rows count as their full length).
+    Model, batch and length cap are the suite's recipe (every config of a suite runs its settings); attention's
+    context is the mean real tokens per row (packed rows count as their full length).
     """
     from peftkit.plan.cost import flops_per_token
     from peftkit.plan.memory import TrainPlanSpec
 
-    if suite == "classify":  # the children report the recipe's batch, length cap and label count
-        seq = round(result["tokens"] / (result["steps"] * result["batch"]))
-        spec = TrainPlanSpec(model="minilm-l6", task="sequence-classification", num_labels=result["num_labels"],
-                             seq=max(1, min(result["max_length"], seq)))
-    else:  # sft_recipe / stock_sft: batch 8, max length 256
-        spec = TrainPlanSpec(model="smollm2-135m", task="causal-lm",
-                             seq=max(1, min(256, round(result["tokens"] / (result["steps"] * 8)))))
-    return flops_per_token(spec)
+    classify = args.suite == "classify"
+    recipe = (classify_recipe if classify else sft_recipe)(args, Path(tempfile.gettempdir()))
+    batch, cap = recipe["train"]["batch_size"], recipe["data"]["max_length"]
+    seq = max(1, min(cap, round(result["tokens"] / (result["steps"] * batch))))
+    task = {"task": "sequence-classification", "num_labels": result["num_labels"]} if classify else {"task": "causal-lm"}
+    return flops_per_token(TrainPlanSpec(model=recipe["model"]["name"], seq=seq, **task))
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    from peftkit.resources import peak_rss_bytes
+
+    return peak_rss_bytes() / 1024**3
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -343,7 +343,7 @@ def stock_classify(args, work: Path) -> dict:
     out = trainer.train()
     padded = out.metrics["train_runtime"]
     res = {"train_seconds": padded, "steps": trainer.state.global_step, "tokens": trainer.state.num_input_tokens_seen,
-           "peak_rss_gib": peak_rss_gib(), "batch": recipe.train.batch_size, "max_length": recipe.data.max_length}
+           "peak_rss_gib": peak_rss_gib()}
     res.update(classify_eval(model, tokenizer, prep, recipe.data.max_length))
     return res
 
@@ -361,7 +361,6 @@ def peftkit_classify(args, work: Path) -> dict:
     m = result.metrics
     out = {"train_seconds": m["train_seconds"], "steps": m["steps"], "tokens": m["train_tokens"],
            "peak_rss_gib": peak_rss_gib(), "plan": m["speed"]}
-    out.update(batch=recipe.train.batch_size, max_length=recipe.data.max_length)
     path = resolve_model("minilm-l6")
     base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(prep.labels))
     model = PeftModel.from_pretrained(base, result.run_dir / "adapter")
@@ -432,7 +431,7 @@ def main() -> None:
         r["tokens_per_second"] = r["tokens"] / r["train_seconds"]
         r["seconds_per_step"] = r["train_seconds"] / r["steps"]
         r["process_seconds"] = time.perf_counter() - started
-        r["model_gflops_per_second"] = model_flops_per_token(args.suite, r) * r["tokens_per_second"] / 1e9
+        r["model_gflops_per_second"] = model_flops_per_token(args, r) * r["tokens_per_second"] / 1e9
         peak = max(v for k, v in r["matmul_gflops"].items() if k != "device")
         r["mfu"] = r["model_gflops_per_second"] / peak
         results[name] = r
@@ -440,7 +439,7 @@ def main() -> None:
                       f"peak RSS {r['peak_rss_gib']:.2f} GiB, eval loss {r['eval_loss']:.4f}")
         peaks = r["matmul_gflops"]
         console.print(f"  {r['model_gflops_per_second']:.1f} model GFLOP/s = MFU {100 * r['mfu']:.1f}% of "
-                      f"{max(peaks['float32'], peaks['bfloat16']):.0f} GFLOP/s ({peaks['device']} matmul peak here: "
+                      f"{peak:.0f} GFLOP/s ({peaks['device']} matmul peak here: "
                       f"fp32 {peaks['float32']:.0f}, bf16 {peaks['bfloat16']:.1f})")
 
     table = Table(title=f"train_bench --suite {args.suite}: {args.steps} steps, {args.threads} threads")
