@@ -16,7 +16,10 @@ optimizer steps, lr 2e-4, seed 42, 2 threads:
       and `packing=True`: the best a user can switch on by hand;
   (c) `peftkit.train()` with the recipe's defaults for speed (`train.precision/packing/...: auto`);
   (d) optional (`--configs`): the same with `train.gradient_checkpointing=on`;
-  (e) optional: (c) with glibc's dynamic mmap threshold (peftkit.train.allocator switched off).
+  (e) optional: (c) on glibc's malloc with its dynamic mmap threshold (peftkit.train.allocator switched off);
+  (f) optional: (c) on glibc's malloc as peftkit tunes it, i.e. on a machine without jemalloc (peftkit.launch).
+peftkit's configs start the way `peftkit train` does: re-executed on jemalloc when the machine has it
+(`apt-get install libjemalloc2`), on glibc's malloc otherwise; the stock configs keep the system's malloc.
 Each reports real (non-padding) tokens per second of training, seconds per optimizer step, peak
 resident memory of its process up to the end of training, and the eval loss after training: the
 mean next-token cross-entropy over the answer tokens of the validation split, computed the same
@@ -57,12 +60,18 @@ LABELS = {
     "c_peftkit": "(c) peftkit default",
     "d_peftkit_checkpointing": "(d) peftkit, gradient_checkpointing=on",
     "e_peftkit_glibc_default": "(e) peftkit, glibc's own mmap threshold",
+    "f_peftkit_system_malloc": "(f) peftkit on glibc malloc (no jemalloc)",
     "stock_fp32": "stock Trainer+peft, fp32",
     "peftkit": "peftkit default",
     "stock_qlora": "stock QLoRA (nf4, bf16 compute)",
     "stock_qlora_fp32": "stock QLoRA, fp32 compute",
     "peftkit_qlora": "peftkit path on the same nf4 base",
+    "peftkit_qlora_system_malloc": "peftkit nf4, glibc malloc (no jemalloc)",
+    "peftkit_system_malloc": "peftkit, glibc malloc (no jemalloc)",
 }
+# peftkit's configs that keep the system's malloc (no relaunch on jemalloc)
+SYSTEM_MALLOC = {"e_peftkit_glibc_default", "f_peftkit_system_malloc", "peftkit_qlora_system_malloc",
+                 "peftkit_system_malloc"}
 
 
 def matmul_peak_gflops() -> dict:
@@ -374,6 +383,7 @@ CHILDREN = {
     "c_peftkit": peftkit_sft,
     "d_peftkit_checkpointing": lambda a, w: peftkit_sft(a, w, {"gradient_checkpointing": "on"}),
     "e_peftkit_glibc_default": lambda a, w: peftkit_sft(a, w, keep_glibc_default=True),
+    "f_peftkit_system_malloc": peftkit_sft,
     "stock_fp32": stock_classify,
     "peftkit": peftkit_classify,
     "stock_qlora": lambda a, w: stock_sft(a, w, bf16=False, packing=False, quantized=True),
@@ -381,10 +391,16 @@ CHILDREN = {
     "stock_qlora_fp32": lambda a, w: stock_sft(a, w, bf16=False, packing=False, quantized=True,
                                                compute_dtype="float32"),
     "peftkit_qlora": peftkit_qlora,
+    "peftkit_qlora_system_malloc": peftkit_qlora,
+    "peftkit_system_malloc": peftkit_classify,
 }
 
 
 def run_child(args) -> None:
+    if not args.child.startswith(("a_", "b_", "stock")) and args.child not in SYSTEM_MALLOC:
+        from peftkit.launch import relaunch_with_preferred_allocator
+
+        relaunch_with_preferred_allocator()  # peftkit's configs start as `peftkit train` does: on jemalloc if here
     import torch
 
     torch.set_num_threads(args.threads)
@@ -392,6 +408,9 @@ def run_child(args) -> None:
     with tempfile.TemporaryDirectory(prefix=f"bench-{args.child}-") as tmp:
         result = CHILDREN[args.child](args, Path(tmp))
     result["matmul_gflops"] = matmul_peak_gflops()  # the ceiling, measured in this process after its run
+    from peftkit.launch import active_allocator
+
+    result["allocator"] = active_allocator()
     print("RESULT " + json.dumps(result))
 
 
@@ -436,7 +455,7 @@ def main() -> None:
         r["mfu"] = r["model_gflops_per_second"] / peak
         results[name] = r
         console.print(f"  {r['tokens_per_second']:.0f} tok/s, {r['seconds_per_step']:.2f} s/step, "
-                      f"peak RSS {r['peak_rss_gib']:.2f} GiB, eval loss {r['eval_loss']:.4f}")
+                      f"peak RSS {r['peak_rss_gib']:.2f} GiB, eval loss {r['eval_loss']:.4f}, malloc: {r['allocator']}")
         peaks = r["matmul_gflops"]
         console.print(f"  {r['model_gflops_per_second']:.1f} model GFLOP/s = MFU {100 * r['mfu']:.1f}% of "
                       f"{peak:.0f} GFLOP/s ({peaks['device']} matmul peak here: "

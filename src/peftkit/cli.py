@@ -524,8 +524,13 @@ def _base_vs_tuned_table(base: dict, tuned: dict) -> Table:
 
 
 def main() -> None:
-    """Console-script entry point: user mistakes become one red line and exit status 1."""
+    """Console-script entry point: user mistakes become one red line and exit status 1.
+
+    On Linux it first re-executes itself on jemalloc when the machine has it (peftkit.launch)."""
+    from peftkit.launch import relaunch_with_preferred_allocator
+
     try:
+        relaunch_with_preferred_allocator()
         app()
     except PeftkitError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)

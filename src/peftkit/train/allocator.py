@@ -1,6 +1,10 @@
 """Give freed tensor memory back to the OS during CPU training (glibc's malloc keeps it otherwise).
 
-    return_freed_memory_in_place()   # once, before training; True when it took effect
+    return_freed_memory_in_place()   # once, before training; True when it took effect (glibc only)
+    trim_heap()                      # free pages back to the OS now (glibc malloc_trim, jemalloc purge)
+
+`peftkit` starts its commands on jemalloc when the machine has it (peftkit.launch), which needs none
+of this; what follows is for the C library's malloc.
 
 On CPU, PyTorch allocates tensors with the C library's malloc. glibc serves large blocks with mmap
 (returned to the OS on free) only above a threshold that it raises each time such a block is freed,
@@ -41,7 +45,10 @@ import sys
 
 from transformers import TrainerCallback
 
+from peftkit.launch import active_allocator
+
 M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
+MALLCTL_ARENAS_ALL = 4096  # jemalloc's "every arena" index in mallctl names
 MMAP_THRESHOLD_BYTES = 2 * 1024 * 1024  # bf16 training; fp32 tensors are twice the size: 4 MiB there
 
 
@@ -72,10 +79,28 @@ def _libc():
     return libc
 
 
+@functools.cache
+def _jemalloc_mallctl():
+    """jemalloc's mallctl when this process runs on jemalloc (preloaded, peftkit.launch), else None."""
+    if active_allocator() != "jemalloc":
+        return None
+    try:
+        mallctl = ctypes.CDLL(None).mallctl
+    except AttributeError:  # a jemalloc built with a symbol prefix
+        return None
+    mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    mallctl.restype = ctypes.c_int
+    return mallctl
+
+
 def trim_heap() -> bool:
-    """Return the heap's free pages to the OS now (glibc malloc_trim); True when glibc released any."""
+    """Return free heap pages to the OS now: jemalloc's purge of every arena, else glibc's malloc_trim.
+    True when it ran (jemalloc) or released any (glibc)."""
+    mallctl = _jemalloc_mallctl()
+    if mallctl is not None:
+        return mallctl(f"arena.{MALLCTL_ARENAS_ALL}.purge".encode(), None, None, None, 0) == 0
     libc = _libc()
-    return bool(libc is not None and libc.malloc_trim(0))
+    return bool(libc is not None and active_allocator() == "glibc" and libc.malloc_trim(0))
 
 
 class TrimHeapCallback(TrainerCallback):
@@ -87,6 +112,6 @@ class TrimHeapCallback(TrainerCallback):
 
 
 def return_freed_memory_in_place(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Fix glibc's mmap threshold for this process (Linux with glibc only); returns whether it applied."""
+    """Fix glibc's mmap threshold for this process (Linux on glibc's malloc only); returns whether it applied."""
     libc = _libc()
-    return libc is not None and libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1
+    return libc is not None and active_allocator() == "glibc" and libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1

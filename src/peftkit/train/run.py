@@ -50,6 +50,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     from peftkit.methods import (apply_method, base_quantization, describe_method, parameter_counts, save_tuned,
                                  snapshot_initial)
     from peftkit.train.adapter_memory import adapter_inputs_uncast, fuse_lora_dropout_in_place
+    from peftkit.launch import active_allocator
     from peftkit.train.allocator import TrimHeapCallback, mmap_threshold_for, return_freed_memory_in_place
     from peftkit.train.dropout import fast_dropout_in_place
     from peftkit.train.gated_mlp import fuse_gated_mlps_in_place
@@ -106,9 +107,11 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     # Causal-LM batches vary in length, and glibc's heap then fragments; classification batches of one
     # length reuse it as it is, where the fixed threshold and trimming only cost speed (train.allocator).
     trim_heap = plan.device == "cpu" and task == "causal-lm" and return_freed_memory_in_place(threshold)
-    if trim_heap:
+    if plan.device == "cpu" and active_allocator() == "jemalloc":
+        notes.append("memory: jemalloc allocator, freed tensors go back to the OS (peftkit.launch)")
+    elif trim_heap:
         notes.append(f"memory: freed tensors go back to the OS (glibc mmap threshold fixed at {threshold >> 20} MiB, "
-                     "heap trimmed after each step)")
+                     "heap trimmed after each step; jemalloc holds less: apt-get install libjemalloc2)")
     if fast_dropouts:
         notes.append(f"speed: {fast_dropouts} dropout layers draw their masks 16 bits at a time (train.dropout)")
     if fused:
@@ -169,6 +172,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         "base_model_bytes": base_bytes,
         **peak_memory(),
         "speed": plan.as_dict(),
+        "allocator": active_allocator(),
         **_long_batch_counts(trainer),
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
         "val_history": [{"step": h["step"], "val_loss": h["eval_loss"]} for h in history if "eval_loss" in h],

@@ -1,0 +1,120 @@
+"""`peftkit` re-executes itself on jemalloc when the machine has it, and leaves the user's environment as it was.
+
+Each check runs in a fresh interpreter: the relaunch replaces the process it runs in.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from peftkit.errors import PeftkitError
+from peftkit.launch import ALLOCATOR_ENV, RELAUNCHED_ENV, active_allocator, preferred_allocator_library
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD and /proc/self/maps: Linux")
+needs_jemalloc = pytest.mark.skipif(ctypes.util.find_library("jemalloc") is None,
+                                    reason="jemalloc not installed (apt-get install libjemalloc2; .ci/run does)")
+
+# What a relaunched (or not) process sees: its malloc, and the variables its own children would inherit.
+PROBE = """
+import json, os
+from peftkit.launch import active_allocator, relaunch_with_preferred_allocator
+relaunch_with_preferred_allocator()
+print("PROBE " + json.dumps({"allocator": active_allocator(), "pid": os.getpid(),
+      "env": {k: os.environ.get(k) for k in ("LD_PRELOAD", "MALLOC_CONF", "_PEFTKIT_RELAUNCHED")}}))
+"""
+
+
+def _probe(extra_env: dict[str, str | None], code: str = PROBE) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", RELAUNCHED_ENV)}
+    env.update({k: v for k, v in extra_env.items() if v is not None})
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("PROBE ")]
+    assert len(lines) == 1, proc.stdout  # printed once: the relaunched process runs the code, the first one did not
+    return json.loads(lines[0][len("PROBE "):])
+
+
+def test_system_keeps_the_c_library_malloc(monkeypatch):
+    monkeypatch.setenv(ALLOCATOR_ENV, "system")
+    assert preferred_allocator_library() is None
+
+
+def test_a_missing_library_path_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv(ALLOCATOR_ENV, str(tmp_path / "libnothere.so"))
+    with pytest.raises(PeftkitError, match=f"{ALLOCATOR_ENV}=.*libnothere.so: no such file"):
+        preferred_allocator_library()
+
+
+@linux_only
+def test_this_test_process_is_on_glibc():
+    assert active_allocator() == "glibc"  # pytest itself is never relaunched
+
+
+@linux_only
+@needs_jemalloc
+def test_auto_relaunches_on_jemalloc_and_restores_the_environment():
+    seen = _probe({ALLOCATOR_ENV: None})
+    assert seen["allocator"] == "jemalloc"
+    # the children it starts (Chromium, say) inherit the user's environment, not the preload
+    assert seen["env"] == {"LD_PRELOAD": None, "MALLOC_CONF": None, "_PEFTKIT_RELAUNCHED": None}
+
+
+@linux_only
+@needs_jemalloc
+def test_the_users_own_malloc_conf_is_kept_and_given_back():
+    seen = _probe({ALLOCATOR_ENV: "auto", "MALLOC_CONF": "narenas:2"})
+    assert seen["allocator"] == "jemalloc"
+    assert seen["env"]["MALLOC_CONF"] == "narenas:2"
+
+
+@linux_only
+@needs_jemalloc
+def test_system_choice_does_not_relaunch():
+    assert _probe({ALLOCATOR_ENV: "system"})["allocator"] == "glibc"
+
+
+TRIM = """
+import json, torch
+from peftkit.launch import active_allocator, relaunch_with_preferred_allocator
+relaunch_with_preferred_allocator()
+from peftkit.train.allocator import return_freed_memory_in_place, trim_heap
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) / 1024
+assert active_allocator() == "jemalloc"
+assert return_freed_memory_in_place() is False  # glibc's mallopt would change nothing on jemalloc
+tensors = [torch.ones(256, 1024) for _ in range(256)]  # 1 MiB each
+del tensors[::2]
+before = rss()
+assert trim_heap() is True
+print("PROBE " + json.dumps({"freed_mib": before - rss()}))
+"""
+
+
+@linux_only
+@needs_jemalloc
+def test_trim_heap_purges_jemalloc_arenas():
+    # decay off: only the purge can give the freed pages back
+    seen = _probe({ALLOCATOR_ENV: "auto", "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}, TRIM)
+    assert seen["freed_mib"] > 100, seen  # 128 MiB of freed 1 MiB tensors went back to the OS
+
+
+@linux_only
+@needs_jemalloc
+def test_peftkit_train_runs_on_jemalloc_and_says_so(tiny_llama_dir, runs_dir):
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", RELAUNCHED_ENV, ALLOCATOR_ENV)}
+    cmd = [sys.executable, "-m", "peftkit.cli", "train", "chatterbot-sft"]
+    for field in (f"model.name={tiny_llama_dir}", "data.size=40", "train.max_steps=1", "train.batch_size=4",
+                  f"output.runs_dir={runs_dir}", "output.mlflow=false", "output.run_id=je"):
+        cmd += ["--set", field]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = runs_dir / "je"
+    assert "memory: jemalloc allocator" in (run / "train.log").read_text()
+    assert "glibc mmap threshold" not in (run / "train.log").read_text()
+    assert json.loads((run / "metrics.json").read_text())["train"]["allocator"] == "jemalloc"
