@@ -118,3 +118,11 @@ def test_peftkit_train_runs_on_jemalloc_and_says_so(tiny_llama_dir, runs_dir):
     assert "memory: jemalloc allocator" in (run / "train.log").read_text()
     assert "glibc mmap threshold" not in (run / "train.log").read_text()
     assert json.loads((run / "metrics.json").read_text())["train"]["allocator"] == "jemalloc"
+
+
+def test_a_bad_allocator_choice_is_one_line_and_exit_1(tmp_path):
+    env = {**os.environ, ALLOCATOR_ENV: str(tmp_path / "libnothere.so")}
+    proc = subprocess.run([sys.executable, "-c", "from peftkit.launch import main; main()", "models"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: {ALLOCATOR_ENV}=") and "no such file" in proc.stderr

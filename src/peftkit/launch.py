@@ -101,7 +101,11 @@ def relaunch_with_preferred_allocator(argv: list[str] | None = None) -> None:
 
 def main() -> None:
     """The `peftkit` console script: relaunch on jemalloc before typer, rich and the CLI are imported."""
-    relaunch_with_preferred_allocator()
+    try:
+        relaunch_with_preferred_allocator()
+    except PeftkitError as exc:  # a bad PEFTKIT_ALLOCATOR: one line, as the CLI prints user mistakes
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     from peftkit.cli import main as cli_main
 
     cli_main()
