@@ -20,9 +20,9 @@ Everything here is standard library: it runs before torch is imported.
 
 Peak resident memory, `benchmarks/train_bench.py --suite qlora --configs peftkit_qlora --steps 8
 --eval-examples 40` (smollm2-135m nf4, LoRA r=16 all-linear, batch 8, 2 threads, AVX2 CPU, fp32 compute;
-one run each, stop 17): glibc tuned by peftkit.train.allocator 1.98 GiB (first run of the day);
+one run each, stop 17): glibc tuned by peftkit.train.allocator 1.98 and 2.11 GiB;
 jemalloc with its defaults 1.75 and 1.76 GiB; with the MALLOC_CONF below 1.75 GiB. Speed moved with the
-shared cores (57-90 tokens/s), not with the allocator. The eval loss was the same to four decimals.
+shared cores (53-90 tokens/s), not with the allocator. The eval loss was the same to four decimals.
 """
 
 from __future__ import annotations
