@@ -25,7 +25,7 @@ PROBE = """
 import json, os
 from peftkit.launch import active_allocator, relaunch_with_preferred_allocator
 relaunch_with_preferred_allocator()
-print("PROBE " + json.dumps({"allocator": active_allocator(), "pid": os.getpid(),
+print("PROBE " + json.dumps({"allocator": active_allocator(),
       "env": {k: os.environ.get(k) for k in ("LD_PRELOAD", "MALLOC_CONF", "_PEFTKIT_RELAUNCHED")}}))
 """
 
@@ -126,3 +126,20 @@ def test_a_bad_allocator_choice_is_one_line_and_exit_1(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {ALLOCATOR_ENV}=") and "no such file" in proc.stderr
+
+
+@needs_jemalloc
+def test_calling_the_cli_in_process_never_re_executes_it(monkeypatch, capsys):
+    # CI once re-ran pytest itself: a test called cli.main() and the relaunch exec'd `python -m pytest`
+    def no_exec(*args):
+        raise AssertionError(f"os.execve{args[:2]} from inside a running program")
+
+    monkeypatch.setattr(os, "execve", no_exec)
+    monkeypatch.setattr(sys, "argv", ["peftkit", "models"])
+    monkeypatch.delenv(ALLOCATOR_ENV, raising=False)
+    from peftkit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None)
+    assert "smollm2-135m" in capsys.readouterr().out

@@ -524,13 +524,12 @@ def _base_vs_tuned_table(base: dict, tuned: dict) -> Table:
 
 
 def main() -> None:
-    """Console-script entry point: user mistakes become one red line and exit status 1.
+    """The CLI: user mistakes become one red line and exit status 1.
 
-    On Linux it first re-executes itself on jemalloc when the machine has it (peftkit.launch)."""
-    from peftkit.launch import relaunch_with_preferred_allocator
-
+    It never re-executes the process it is called in (a test, a notebook): the jemalloc relaunch
+    belongs to process entry points - the `peftkit` console script (peftkit.launch.main) and
+    `python -m peftkit.cli` below."""
     try:
-        relaunch_with_preferred_allocator()
         app()
     except PeftkitError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -541,4 +540,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from peftkit.launch import main as launch_main
+
+    launch_main()
