@@ -104,6 +104,38 @@ def test_trim_heap_purges_jemalloc_arenas():
     assert seen["freed_mib"] > 100, seen  # 128 MiB of freed 1 MiB tensors went back to the OS
 
 
+KEEP = """
+import ctypes, json
+from peftkit.launch import relaunch_with_preferred_allocator
+relaunch_with_preferred_allocator()
+from peftkit.train.allocator import _jemalloc_mallctl, keep_freed_memory_for_reuse
+mallctl = _jemalloc_mallctl()
+def decay(name):
+    value, size = ctypes.c_ssize_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_ssize_t))
+    assert mallctl(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0) == 0, name
+    return value.value
+names = ["arena.0.dirty_decay_ms", "arena.0.muzzy_decay_ms", "arenas.dirty_decay_ms", "arenas.muzzy_decay_ms"]
+before = [decay(n) for n in names]
+applied = keep_freed_memory_for_reuse()
+print("PROBE " + json.dumps({"applied": applied, "before": before, "after": [decay(n) for n in names]}))
+"""
+
+
+@linux_only
+@needs_jemalloc
+def test_keep_freed_memory_turns_jemalloc_decay_off():
+    seen = _probe({ALLOCATOR_ENV: "auto"}, KEEP)
+    assert seen["applied"] is True
+    assert seen["before"][0] >= 0 and seen["before"][2] >= 0  # jemalloc's decay was on (10 s by default)
+    assert seen["after"] == [-1, -1, -1, -1]
+
+
+def test_keep_freed_memory_is_a_no_op_off_jemalloc():
+    from peftkit.train.allocator import keep_freed_memory_for_reuse
+
+    assert keep_freed_memory_for_reuse() is False  # pytest runs on glibc: nothing to turn off
+
+
 @linux_only
 @needs_jemalloc
 def test_peftkit_train_runs_on_jemalloc_and_says_so(tiny_llama_dir, runs_dir):

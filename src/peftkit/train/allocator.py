@@ -2,6 +2,7 @@
 
     return_freed_memory_in_place()   # once, before training; True when it took effect (glibc only)
     trim_heap()                      # free pages back to the OS now (glibc malloc_trim, jemalloc purge)
+    keep_freed_memory_for_reuse()    # jemalloc: never decay freed pages (one-size batches reuse them)
 
 `peftkit` starts its commands on jemalloc when the machine has it (peftkit.launch), which needs none
 of this; what follows is for the C library's malloc.
@@ -101,6 +102,32 @@ def trim_heap() -> bool:
         return mallctl(f"arena.{MALLCTL_ARENAS_ALL}.purge".encode(), None, None, None, 0) == 0
     libc = _libc()
     return bool(libc is not None and active_allocator() == "glibc" and libc.malloc_trim(0))
+
+
+def keep_freed_memory_for_reuse() -> bool:
+    """On jemalloc, stop giving freed pages back to the OS for the rest of the process; True when it applied.
+
+    jemalloc returns freed pages gradually (its dirty/muzzy decay, 10 s by default), and the next step
+    faults them in again, zeroed. Where every batch has the same size, the next step reuses exactly
+    what this one freed, so returning it is pure cost: classification (bbc-news on minilm-l6, batch 16
+    x 128 tokens, bf16, 2 threads, stop 18) took 4.41 M minor page faults and 11.0 s of system time for
+    12 steps on jemalloc's decay, 0.72 M and 3.8 s on glibc, 0.28 M and 1.6 s with decay off. Sets the
+    decay of every arena that exists (the oversize one included) and the default for arenas made later.
+    """
+    mallctl = _jemalloc_mallctl()
+    if mallctl is None:
+        return False
+    never = ctypes.c_ssize_t(-1)
+    narenas, size = ctypes.c_uint(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_uint))
+    if mallctl(b"arenas.narenas", ctypes.byref(narenas), ctypes.byref(size), None, 0) != 0:
+        return False
+    applied = False
+    for kind in ("dirty", "muzzy"):
+        applied |= mallctl(f"arenas.{kind}_decay_ms".encode(), None, None, ctypes.byref(never),
+                           ctypes.sizeof(never)) == 0
+        for index in range(narenas.value + 1):  # + the oversize arena; arenas not made yet answer EFAULT
+            mallctl(f"arena.{index}.{kind}_decay_ms".encode(), None, None, ctypes.byref(never), ctypes.sizeof(never))
+    return applied
 
 
 class TrimHeapCallback(TrainerCallback):

@@ -51,7 +51,8 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
                                  snapshot_initial)
     from peftkit.train.adapter_memory import adapter_inputs_uncast, fuse_lora_dropout_in_place
     from peftkit.launch import active_allocator
-    from peftkit.train.allocator import TrimHeapCallback, mmap_threshold_for, return_freed_memory_in_place
+    from peftkit.train.allocator import (TrimHeapCallback, keep_freed_memory_for_reuse, mmap_threshold_for,
+                                         return_freed_memory_in_place)
     from peftkit.train.dropout import fast_dropout_in_place
     from peftkit.train.gated_mlp import fuse_gated_mlps_in_place
     from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
@@ -105,9 +106,12 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     notes = [plan.summary(), optimizer_note(recipe.train.optimizer, plan.device)]
     threshold = mmap_threshold_for(plan.precision)
     # Causal-LM batches vary in length, and glibc's heap then fragments; classification batches of one
-    # length reuse it as it is, where the fixed threshold and trimming only cost speed (train.allocator).
+    # length reuse what the last step freed, where giving it back (glibc's fixed threshold and trimming,
+    # jemalloc's decay) only costs page faults (train.allocator).
     trim_heap = plan.device == "cpu" and task == "causal-lm" and return_freed_memory_in_place(threshold)
-    if plan.device == "cpu" and active_allocator() == "jemalloc":
+    if plan.device == "cpu" and task != "causal-lm" and keep_freed_memory_for_reuse():
+        notes.append("memory: jemalloc allocator, freed tensors kept for the next same-size batch (train.allocator)")
+    elif plan.device == "cpu" and active_allocator() == "jemalloc":
         notes.append("memory: jemalloc allocator, freed tensors go back to the OS (peftkit.launch)")
     elif trim_heap:
         notes.append(f"memory: freed tensors go back to the OS (glibc mmap threshold fixed at {threshold >> 20} MiB, "
