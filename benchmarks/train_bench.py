@@ -68,6 +68,7 @@ LABELS = {
     "peftkit_qlora": "peftkit path on the same nf4 base",
     "peftkit_qlora_system_malloc": "peftkit nf4, glibc malloc (no jemalloc)",
     "peftkit_system_malloc": "peftkit, glibc malloc (no jemalloc)",
+    "peftkit_jemalloc_decay": "peftkit, jemalloc returning freed pages (decay on)",
 }
 # peftkit's configs that keep the system's malloc (no relaunch on jemalloc)
 SYSTEM_MALLOC = {"e_peftkit_glibc_default", "f_peftkit_system_malloc", "peftkit_qlora_system_malloc",
@@ -329,7 +330,7 @@ def stock_classify(args, work: Path) -> dict:
     """peft's sequence-classification example: fp32 Trainer, DataCollatorWithPadding, no length grouping."""
     from peft import LoraConfig, get_peft_model
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+                              TrainingArguments, set_seed)
 
     from peftkit.catalog.models import resolve_model
     from peftkit.data.prepare import read_split
@@ -338,6 +339,7 @@ def stock_classify(args, work: Path) -> dict:
     recipe, prep = prepared(classify_recipe(args, work), work)
     path = resolve_model("minilm-l6")
     tokenizer = AutoTokenizer.from_pretrained(path)
+    set_seed(42)  # the new classifier head's init: Trainer seeds only after the model exists (runs differed by 0.08)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(prep.labels))
     model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=recipe.method.r, lora_alpha=recipe.method.alpha,
                                              lora_dropout=recipe.method.dropout, target_modules="all-linear"))
@@ -357,7 +359,7 @@ def stock_classify(args, work: Path) -> dict:
     return res
 
 
-def peftkit_classify(args, work: Path) -> dict:
+def peftkit_classify(args, work: Path, jemalloc_decay: bool = False) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -366,6 +368,10 @@ def peftkit_classify(args, work: Path) -> dict:
 
     recipe_dict = classify_recipe(args, work)
     recipe, prep = prepared(recipe_dict, work)
+    if jemalloc_decay:  # what train.allocator.keep_freed_memory_for_reuse is worth on jemalloc
+        import peftkit.train.allocator as allocator
+
+        allocator.keep_freed_memory_for_reuse = lambda: False
     result = train(recipe)
     m = result.metrics
     out = {"train_seconds": m["train_seconds"], "steps": m["steps"], "tokens": m["train_tokens"],
@@ -393,6 +399,7 @@ CHILDREN = {
     "peftkit_qlora": peftkit_qlora,
     "peftkit_qlora_system_malloc": peftkit_qlora,
     "peftkit_system_malloc": peftkit_classify,
+    "peftkit_jemalloc_decay": lambda a, w: peftkit_classify(a, w, jemalloc_decay=True),
 }
 
 

@@ -23,6 +23,8 @@ Peak resident memory, `benchmarks/train_bench.py --suite qlora --configs peftkit
 one run each, stop 17): glibc tuned by peftkit.train.allocator 1.98 and 2.11 GiB;
 jemalloc with its defaults 1.75 and 1.76 GiB; with the MALLOC_CONF below 1.75 GiB. Speed moved with the
 shared cores (53-90 tokens/s), not with the allocator. The eval loss was the same to four decimals.
+Classification batches are all one size: there jemalloc's gradual return of freed pages only costs page
+faults, and `peftkit train` turns that decay off (peftkit.train.allocator.keep_freed_memory_for_reuse).
 """
 
 from __future__ import annotations
