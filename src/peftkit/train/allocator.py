@@ -4,8 +4,8 @@
     trim_heap()                      # free pages back to the OS now (glibc malloc_trim, jemalloc purge)
     keep_freed_memory_for_reuse()    # jemalloc: never decay freed pages (one-size batches reuse them)
 
-`peftkit` starts its commands on jemalloc when the machine has it (peftkit.launch), which needs none
-of this; what follows is for the C library's malloc.
+`peftkit` starts its commands on jemalloc when the machine has it (peftkit.launch), which needs only
+keep_freed_memory_for_reuse (and trim_heap's purge); the rest is for the C library's malloc.
 
 On CPU, PyTorch allocates tensors with the C library's malloc. glibc serves large blocks with mmap
 (returned to the OS on free) only above a threshold that it raises each time such a block is freed,
@@ -122,13 +122,15 @@ def keep_freed_memory_for_reuse() -> bool:
     narenas, size = ctypes.c_uint(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_uint))
     if mallctl(b"arenas.narenas", ctypes.byref(narenas), ctypes.byref(size), None, 0) != 0:
         return False
-    applied = False
-    for kind in ("dirty", "muzzy"):
-        applied |= mallctl(f"arenas.{kind}_decay_ms".encode(), None, None, ctypes.byref(never),
-                           ctypes.sizeof(never)) == 0
-        for index in range(narenas.value + 1):  # + the oversize arena; arenas not made yet answer EFAULT
-            mallctl(f"arena.{index}.{kind}_decay_ms".encode(), None, None, ctypes.byref(never), ctypes.sizeof(never))
-    return applied
+
+    def never_decay(name: str) -> bool:
+        return mallctl(name.encode(), None, None, ctypes.byref(never), ctypes.sizeof(never)) == 0
+
+    kinds = ("dirty", "muzzy")
+    for index in range(narenas.value + 1):  # + the oversize arena; arenas not made yet answer EFAULT
+        for kind in kinds:
+            never_decay(f"arena.{index}.{kind}_decay_ms")
+    return all([never_decay(f"arenas.{kind}_decay_ms") for kind in kinds])
 
 
 class TrimHeapCallback(TrainerCallback):
