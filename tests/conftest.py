@@ -63,3 +63,16 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def runs_dir(tmp_path) -> Path:
     return tmp_path / "runs"
+
+
+@pytest.fixture(params=["kernel", "generator"])
+def mask_source(request, monkeypatch) -> str:
+    """Run a test with each source of dropout masks (train.dropout): the compiled hash kernel, the generator."""
+    import peftkit.train.dropout as dropout
+
+    if request.param == "kernel":
+        ok, line = dropout.compile_mask_kernel()
+        assert ok, line  # CI and this project's machines have a C++ compiler: the kernel must compile
+    else:
+        monkeypatch.setattr(dropout, "_kernel", None)
+    return request.param

@@ -312,8 +312,10 @@ class TrainSpec(Spec):
         "of max_length (more examples per step); off: padded batches grouped by length. "
         "auto: off (padding_free trained a worse quickstart adapter; see train/speed.py).",
     )
-    attention: Literal["auto", "sdpa", "eager"] = Field(
-        "auto", description="Attention kernel; auto: sdpa (less memory than eager, keeps packed sequences apart)."
+    attention: Literal["auto", "sdpa", "eager", "math"] = Field(
+        "auto", description="Attention kernel; math: q k^T, softmax, dropout, v as plain products while training "
+        "(SDPA has no CPU kernel with dropout), SDPA otherwise. auto: math for classification on CPU, else sdpa "
+        "(less memory than eager, keeps packed sequences apart).",
     )
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the decoder; auto: off (padding-free rows change shape every step; not yet measured to pay back)."

@@ -12,10 +12,10 @@ from peftkit.train.adapter_memory import (
     adapter_inputs_uncast,
     fuse_lora_dropout_in_place,
 )
-from peftkit.train.dropout import keep_mask, drop_rate, keep_scale
+from peftkit.train.dropout import SeededMask, drop_rate, keep_mask, keep_scale
 
 
-def test_fused_dropout_linear_matches_dropout_then_linear_for_the_same_mask():
+def test_fused_dropout_linear_matches_dropout_then_linear_for_the_same_mask(mask_source):
     torch.manual_seed(1)
     x = torch.randn(3, 5, 12, requires_grad=True)
     w = torch.randn(4, 12, requires_grad=True)
@@ -24,7 +24,7 @@ def test_fused_dropout_linear_matches_dropout_then_linear_for_the_same_mask():
     y.pow(2).sum().backward()
 
     torch.manual_seed(7)  # the seed the function drew
-    mask = keep_mask(x.detach(), 0.3, int(torch.randint(0, 2**62, (1,)).item()))
+    mask = SeededMask(0.3, int(torch.randint(0, 2**62, (1,)).item())).keep(x.detach())
     x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     y2 = F.linear(x2 * mask * keep_scale(0.3), w2)
     y2.pow(2).sum().backward()

@@ -35,35 +35,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftkit.train.dropout import draw_seed, keep_mask, keep_scale
+from peftkit.train.dropout import SeededMask, draw_seed, keep_scale
 
 
 class _DropoutLinearFn(torch.autograd.Function):
     """y = dropout(x) @ W^T, saving x and a seed instead of the mask and the dropped input.
 
     The 1 / (1 - p) scale of dropout is applied to the [..., r] side (the output, and the incoming
-    gradient in backward), which is r / in_features the size of x: one pass over x per product.
+    gradient in backward), which is r / in_features the size of x. The mask is `train.dropout`'s
+    SeededMask: with the compiled kernel, applying it is one pass over x (nothing drawn, nothing
+    kept); with the generator, backward draws it once more for both of its uses.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
         seed = draw_seed()
-        keep = keep_mask(x, p, seed)
         ctx.save_for_backward(x, weight)
         ctx.seed, ctx.p = seed, p
-        return F.linear(x * keep, weight.to(_compute_dtype(x))) * keep_scale(p)  # [..., r]
+        dtype = _compute_dtype(x)
+        dropped = SeededMask(p, seed).apply(x.to(dtype), 1.0)
+        return F.linear(dropped, weight.to(dtype)) * keep_scale(p)  # [..., r]
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         x, weight = ctx.saved_tensors
-        keep = keep_mask(x, ctx.p, ctx.seed)  # the forward's mask, drawn again
+        mask = SeededMask(ctx.p, ctx.seed)  # the forward's mask
         dtype = _compute_dtype(x)
         grad_y = (grad_y * keep_scale(ctx.p)).to(dtype)  # [..., r]
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad_y @ weight.to(dtype)) * keep  # [..., in]
+            grad_x = mask.apply(grad_y @ weight.to(dtype), 1.0)  # [..., in]
         if ctx.needs_input_grad[1]:
-            dropped = (x * keep).to(dtype)
+            dropped = mask.apply(x.to(dtype), 1.0)
             grad_w = (grad_y.reshape(-1, grad_y.shape[-1]).t() @ dropped.reshape(-1, dropped.shape[-1])).to(weight.dtype)
         return grad_x, grad_w, None
 

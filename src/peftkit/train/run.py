@@ -53,7 +53,9 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     from peftkit.launch import active_allocator
     from peftkit.train.allocator import (TrimHeapCallback, keep_freed_memory_for_reuse, mmap_threshold_for,
                                          return_freed_memory_in_place)
-    from peftkit.train.dropout import fast_dropout_in_place
+    from peftkit.train.attention import restore_attention
+    from peftkit.train.dropout import compile_mask_kernel, fast_dropout_in_place, kernel_ready
+    from peftkit.train.first_token import last_layer_first_token_in_place
     from peftkit.train.gated_mlp import fuse_gated_mlps_in_place
     from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
     from peftkit.train.common import optimizer_note
@@ -103,13 +105,17 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     fast_dropouts = fast_dropout_in_place(model)  # the model's own and LoRA's: a 4x cheaper mask (train.dropout)
     fused = fuse_lora_dropout_in_place(model)  # exact; backward keeps x and a seed, not mask + dropped x
     gated = fuse_gated_mlps_in_place(model)  # exact; SwiGLU MLPs keep gate and up, not silu(gate) too
+    first_token = last_layer_first_token_in_place(model)  # exact; BERT-style heads read token 0 only
     notes = [plan.summary(), optimizer_note(recipe.train.optimizer, plan.device)]
+    if plan.device == "cpu" and _has_dropout(model):
+        notes.append(compile_mask_kernel()[1])  # once per process, before the clock of the first step starts
     threshold = mmap_threshold_for(plan.precision)
     # Causal-LM batches vary in length, and glibc's heap then fragments; classification batches of one
     # length reuse what the last step freed, where giving it back (glibc's fixed threshold and trimming,
     # jemalloc's decay) only costs page faults (train.allocator).
     trim_heap = plan.device == "cpu" and task == "causal-lm" and return_freed_memory_in_place(threshold)
-    if plan.device == "cpu" and task != "causal-lm" and keep_freed_memory_for_reuse():
+    keep_freed = plan.device == "cpu" and task != "causal-lm" and active_allocator() == "jemalloc"
+    if keep_freed:  # applied just before the first step (below)
         notes.append("memory: jemalloc allocator, freed tensors kept for the next same-size batch (train.allocator)")
     elif plan.device == "cpu" and active_allocator() == "jemalloc":
         notes.append("memory: jemalloc allocator, freed tensors go back to the OS (peftkit.launch)")
@@ -117,9 +123,13 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         notes.append(f"memory: freed tensors go back to the OS (glibc mmap threshold fixed at {threshold >> 20} MiB, "
                      "heap trimmed after each step; jemalloc holds less: apt-get install libjemalloc2)")
     if fast_dropouts:
-        notes.append(f"speed: {fast_dropouts} dropout layers draw their masks 16 bits at a time (train.dropout)")
+        how = "from the compiled kernel" if kernel_ready(plan.device) else "16 bits at a time"
+        notes.append(f"speed: {fast_dropouts} dropout layers draw their masks {how} (train.dropout)")
     if fused:
-        notes.append(f"activations: dropout fused into lora_A in {fused} layers (mask redrawn in backward)")
+        notes.append(f"activations: dropout fused into lora_A in {fused} layers (mask made again in backward)")
+    if first_token:
+        notes.append("speed: the last encoder layer computes only the first token while training, the one the "
+                     "classification head reads (train.first_token)")
     if gated:
         notes.append(f"activations: {gated} gated MLPs keep gate and up for backward, not silu(gate) as well")
     if plan.bf16:
@@ -146,9 +156,12 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
 
         trainer = build_classify_trainer(model, tokenizer, recipe, prepared, run_dir, callbacks, plan)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress bar shows them
+    if keep_freed:
+        keep_freed_memory_for_reuse()  # after loading and tokenising: their freed pages are purged first
     with adapter_inputs_uncast(model, active=plan.bf16):  # every forward in here runs under bf16 autocast
         output = trainer.train()
         final_eval = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    restore_attention(model)  # `math` is for training forwards; the saved config says sdpa
 
     early_stopping = _finish_early_stopping(recipe, trainer, callbacks, run_dir)
 
@@ -193,6 +206,17 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         f"({metrics['seconds_per_step']:.2f} s/step), val loss {metrics['val_loss'] if metrics['val_loss'] is not None else '–'}"
     )
     return TrainResult(run_dir, metrics)
+
+
+def _has_dropout(model) -> bool:
+    """Whether any dropout of `model` is active in training: its own layers, LoRA's, or attention's."""
+    from torch import nn
+
+    from peftkit.train.adapter_memory import DropoutLinear
+
+    config = getattr(model, "config", None)
+    attention_p = getattr(config, "attention_probs_dropout_prob", 0.0) or getattr(config, "attention_dropout", 0.0)
+    return bool(attention_p) or any(isinstance(m, (nn.Dropout, DropoutLinear)) and m.p > 0 for m in model.modules())
 
 
 def _long_batch_counts(trainer) -> dict:

@@ -25,11 +25,14 @@ from peftkit.train.precision import PrecisionChoice, resolve_precision
 # Attention and compile, measured on this CPU (benchmarks/attention_compile_probe.py: smollm2-135m
 # LoRA r=16 as peftkit trains it, padded batches of 8 chatterbot conversations, 2 threads, 6 steps x
 # 2 alternating rounds in one process; stop 11): eager 1.14x sdpa's tokens/s, sdpa + torch.compile
-# (dynamic shapes) 1.01x after a 67 s first step. SDPA stays the default on both devices: eager keeps
+# (dynamic shapes) 1.01x after a 67 s first step. SDPA stays the default for causal LMs: eager keeps
 # the [T, T] attention weights for backward (the planner's trace at 8 x 256: 2219 vs 1321 MiB of
 # activations), which would undo the memory target for a 14% gain; compile stays off (no gain on CPU,
-# a minute of compilation). Not measured on CUDA (no GPU in this project so far).
-AUTO_ATTENTION = {"cpu": "sdpa", "cuda": "sdpa"}
+# a minute of compilation). Encoders on CPU train with `math` (train.attention): SDPA has no CPU
+# kernel for their attention dropout (stop 19, minilm-l6 16 x 128: 0.74-0.79 s a step with SDPA,
+# 0.44-0.47 s with math), and their [T, T] weights at 128 tokens are small. Not measured on CUDA.
+AUTO_ATTENTION = {("cpu", "causal-lm"): "sdpa", ("cpu", "sequence-classification"): "math",
+                  ("cuda", "causal-lm"): "sdpa", ("cuda", "sequence-classification"): "sdpa"}
 AUTO_COMPILE = {"cpu": False, "cuda": False}
 # Methods whose base is not stored in bf16 on the bf16 path (see SpeedPlan.load_spec).
 UNCAST_BASE_METHODS = ("full", "qlora")
@@ -41,7 +44,7 @@ class SpeedPlan:
     precision: str  # bf16 | fp32
     precision_reason: str
     packing: str  # padding_free | bfd | off
-    attention: str  # sdpa | eager
+    attention: str  # sdpa | eager | math (train.attention)
     compile: bool
     gradient_checkpointing: bool
     checkpointing_reason: str
@@ -117,7 +120,7 @@ def plan_speed(spec: TrainSpec, task: str, model_config=None, max_length: int = 
     packing = spec.packing if spec.packing != "auto" else "off"
     if not causal or method in PROMPT_LEARNING_KINDS:
         packing = "off"  # encoders take padded batches; virtual tokens are outside packed rows' position ids
-    attention = spec.attention if spec.attention != "auto" else AUTO_ATTENTION[device]
+    attention = spec.attention if spec.attention != "auto" else AUTO_ATTENTION.get((device, task), "sdpa")
     compile_on = spec.compile == "on" or (spec.compile == "auto" and AUTO_COMPILE[device])
     tokens = spec.batch_size * max_length
     gc_on, gc_reason = _checkpointing(spec.gradient_checkpointing, model_config, tokens, precision.name, device)
@@ -189,11 +192,16 @@ def prepare_model_in_place(model, plan: SpeedPlan) -> None:
     """Make trainable parameters fp32 (optimizer states follow), set the attention kernel, compile if planned.
 
     peft already keeps LoRA A/B in fp32 over a bf16 base; a classifier's fully trained head is a copy
-    of a base module and would otherwise stay bf16.
+    of a base module and would otherwise stay bf16. `math` attention is put back to sdpa by
+    `train.attention.restore_attention` before the model is saved.
     """
+    from peftkit.train.attention import use_math_attention
+
     keep_trainable_fp32(model)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "_attn_implementation", None) != plan.attention:
+    if plan.attention == "math":
+        use_math_attention(base)
+    elif getattr(base.config, "_attn_implementation", None) != plan.attention:
         base.set_attn_implementation(plan.attention)
     if plan.compile:
         decoder = base.get_decoder() if hasattr(base, "get_decoder") else base
