@@ -143,7 +143,7 @@ class SeededMask:
     def apply(self, t: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         """t with the dropped elements zeroed and the kept ones times `scale` (default keep_scale(p))."""
         scale = keep_scale(self.p) if scale is None else scale
-        if kernel_ready(t.device):
+        if kernel_ready(t.device) and t.numel() < 2**31:  # int32 indices
             with torch.no_grad(), torch.autocast(t.device.type, enabled=False):
                 return _kernel(t.detach().reshape(-1), *_kernel_args(self.p, self.seed, scale)).view(t.shape)
         if self._keep is None:
