@@ -36,7 +36,7 @@ def _loss_and_grads(model, ids, mask, labels):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "math"])
+@pytest.mark.parametrize("attention", ["sdpa", "math", "eager"])
 def test_training_loss_and_every_gradient_are_the_full_layers(attention):
     model = _classifier().train()
     # lora_B starts at zero; give it values so that every LoRA gradient is non-trivial
@@ -46,6 +46,8 @@ def test_training_loss_and_every_gradient_are_the_full_layers(attention):
                 param.normal_(0, 0.1)
     if attention == "math":
         use_math_attention(model)
+    elif attention == "eager":
+        model.get_base_model().set_attn_implementation("eager")
     batch = _batch()
     full_loss, full_grads = _loss_and_grads(model, *batch)
     keys = set(model.state_dict())

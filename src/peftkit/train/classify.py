@@ -19,7 +19,7 @@ def tokenize_for_classification(rows: list[dict], tokenizer, labels: list[str], 
 
     Texts go to the tokenizer `chunk` at a time: a fast tokenizer encodes a text whole before
     truncating it, so a split of long articles at once holds all their full encodings (bbc-news,
-    1,650 articles: 89 MB more resident memory than chunks of 256).
+    1,650 articles: resident memory +89 MB at once, +16 MB in chunks of 256; stop 19, one traced run).
     """
     from datasets import Dataset
 

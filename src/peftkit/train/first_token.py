@@ -7,7 +7,7 @@ A BERT-style sequence classifier (Bert/Roberta/XLM-R/Electra `...ForSequenceClas
 only the first token of the last layer's output (the pooler's or head's `hidden_states[:, 0]`).
 While training, the last layer here computes its keys and values from every token, as it must,
 but its query, attention output, feed-forward block and their dropouts for the first token only:
-in minilm-l6 that is 83% of the last layer's matrix products, about 14% of the model's. The loss
+in minilm-l6 that is 83% of the last layer's matrix-product FLOPs, about 14% of the model's (by count). The loss
 and every gradient are those of the full layer (tests/train/test_first_token.py); in eval mode
 the layer runs unchanged, so `last_hidden_state` keeps every position outside training.
 The same idea as the causal LM's labelled-positions loss (`train.loss`): compute what the loss needs.
@@ -16,6 +16,7 @@ The same idea as the causal LM's labelled-positions loss (`train.loss`): compute
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 from torch import nn
@@ -44,7 +45,11 @@ def first_token_forward(layer: nn.Module, full_forward, hidden_states: torch.Ten
     value = self_attention.value(hidden_states).view(batch, -1, heads, size).transpose(1, 2)
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
         attention_mask = attention_mask[:, :, :1, :]  # the first query's row
-    interface = ALL_ATTENTION_FUNCTIONS.get_interface(self_attention.config._attn_implementation, None)
+    # what BertSelfAttention itself looks up: the configured implementation, its module's eager one by default
+    eager = getattr(sys.modules[type(self_attention).__module__], "eager_attention_forward", None)
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(self_attention.config._attn_implementation, eager)
+    if interface is None:
+        return full_forward(hidden_states, attention_mask, *args, **kwargs)
     context, _ = interface(self_attention, query, key, value, attention_mask,
                            dropout=self_attention.dropout.p, scaling=self_attention.scaling)
     attended = attention.output(context.reshape(batch, 1, -1), first)

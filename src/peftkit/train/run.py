@@ -115,9 +115,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     # jemalloc's decay) only costs page faults (train.allocator).
     trim_heap = plan.device == "cpu" and task == "causal-lm" and return_freed_memory_in_place(threshold)
     keep_freed = plan.device == "cpu" and task != "causal-lm" and active_allocator() == "jemalloc"
-    if keep_freed:  # applied just before the first step (below)
-        notes.append("memory: jemalloc allocator, freed tensors kept for the next same-size batch (train.allocator)")
-    elif plan.device == "cpu" and active_allocator() == "jemalloc":
+    if plan.device == "cpu" and active_allocator() == "jemalloc" and not keep_freed:  # keep_freed: said below
         notes.append("memory: jemalloc allocator, freed tensors go back to the OS (peftkit.launch)")
     elif trim_heap:
         notes.append(f"memory: freed tensors go back to the OS (glibc mmap threshold fixed at {threshold >> 20} MiB, "
@@ -134,10 +132,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         notes.append(f"activations: {gated} gated MLPs keep gate and up for backward, not silu(gate) as well")
     if plan.bf16:
         notes.append("activations: adapter inputs stay bf16 under autocast (no fp32 copies)")
-    with (run_dir / "train.log").open("a", encoding="utf-8") as fh:
-        for line in filter(None, notes):
-            console.print(line)
-            fh.write(line + "\n")
+    _log(console, run_dir, *notes)
     counts = parameter_counts(model)
     console.print(
         f"model: {recipe.model.name} ({counts['total_params'] / 1e6:.1f}M params, loaded in {load_seconds:.1f}s), "
@@ -156,8 +151,9 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
 
         trainer = build_classify_trainer(model, tokenizer, recipe, prepared, run_dir, callbacks, plan)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress bar shows them
-    if keep_freed:
-        keep_freed_memory_for_reuse()  # after loading and tokenising: their freed pages are purged first
+    if keep_freed and keep_freed_memory_for_reuse():  # after loading and tokenising: their freed pages purged first
+        _log(console, run_dir, "memory: jemalloc allocator, freed tensors kept for the next same-size batch "
+                               "(train.allocator)")
     with adapter_inputs_uncast(model, active=plan.bf16):  # every forward in here runs under bf16 autocast
         output = trainer.train()
         final_eval = trainer.evaluate() if trainer.eval_dataset is not None else {}
@@ -206,6 +202,14 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
         f"({metrics['seconds_per_step']:.2f} s/step), val loss {metrics['val_loss'] if metrics['val_loss'] is not None else '–'}"
     )
     return TrainResult(run_dir, metrics)
+
+
+def _log(console: Console, run_dir: Path, *lines: str | None) -> None:
+    """Print each line and append it to RUN/train.log (None: skipped)."""
+    with (run_dir / "train.log").open("a", encoding="utf-8") as fh:
+        for line in filter(None, lines):
+            console.print(line)
+            fh.write(line + "\n")
 
 
 def _has_dropout(model) -> bool:
