@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import peftkit.train.dropout as dropout_module
-from peftkit.train.dropout import (MaskDropout, SeededMask, compile_mask_kernel, drop_rate, dropout,
-                                   fast_dropout_in_place, hashed_dropout, kernel_ready, keep_scale)
+from peftkit.train.dropout import (MaskDropout, SeededMask, compile_kernel, compile_mask_kernel, drop_rate,
+                                   dropout, fast_dropout_in_place, hashed_dropout, kernel_ready, keep_scale)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -21,6 +21,16 @@ def test_the_compiled_kernel_equals_its_eager_reference_bit_for_bit(dtype, n):
         args = dropout_module._kernel_args(p, seed, scale)
         with torch.no_grad():
             assert torch.equal(dropout_module._kernel(x, *args), hashed_dropout(x, *args))
+
+
+def test_the_kernel_loop_is_split_over_threads_whatever_the_size_it_was_compiled_for():
+    from torch._inductor.utils import run_and_get_code
+
+    kernel = compile_kernel(dropout_module.hashed_dropout)
+    with torch.no_grad():  # a small example: inductor alone would keep the loop on one thread
+        _, sources = run_and_get_code(kernel, torch.ones(64, dtype=torch.bfloat16),
+                                      *dropout_module._kernel_args(0.1, 7, 1 / 0.9))
+    assert any("#pragma omp parallel" in code for code in sources)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
