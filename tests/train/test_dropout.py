@@ -12,23 +12,28 @@ from peftkit.train.dropout import (MaskDropout, SeededMask, compile_kernel, comp
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("n", [1, 63, 786_432, 1_000_003])
-def test_the_compiled_kernel_equals_its_eager_reference_bit_for_bit(dtype, n):
+@pytest.mark.parametrize("shape", [(1,), (63,), (786_432,), (1_000_003,), (2048, 384), (3, 37, 37), (2, 5, 4096 * 3)])
+def test_the_compiled_kernel_equals_its_eager_reference_bit_for_bit(dtype, shape):
+    """Whatever 2-D view the kernel computes over (4096 columns, the last dimension, one), the bits are
+    those of the flat reference."""
     ok, line = compile_mask_kernel()
     assert ok and "compiled" in line, line
-    x = torch.randn(n).to(dtype)
+    x = torch.randn(shape).to(dtype)
     for p, seed, scale in [(0.1, 1, keep_scale(0.1)), (0.5, 2**31 - 1, 1.0), (0.05, 987654321, keep_scale(0.05))]:
         args = dropout_module._kernel_args(p, seed, scale)
         with torch.no_grad():
-            assert torch.equal(dropout_module._kernel(x, *args), hashed_dropout(x, *args))
+            out = dropout_module._kernel(x, *args)
+            assert out.shape == x.shape
+            assert torch.equal(out.reshape(-1), hashed_dropout(x.reshape(-1), *args))
 
 
 def test_the_kernel_loop_is_split_over_threads_whatever_the_size_it_was_compiled_for():
     from torch._inductor.utils import run_and_get_code
 
-    kernel = compile_kernel(dropout_module.hashed_dropout)
+    kernel = compile_kernel(dropout_module.hashed_dropout_rows)
+    columns = torch.arange(64, dtype=torch.int32)
     with torch.no_grad():  # a small example: inductor alone would keep the loop on one thread
-        _, sources = run_and_get_code(kernel, torch.ones(64, dtype=torch.bfloat16),
+        _, sources = run_and_get_code(kernel, torch.ones(2, 64, dtype=torch.bfloat16), columns, torch.tensor(64, dtype=torch.int32),
                                       *dropout_module._kernel_args(0.1, 7, 1 / 0.9))
     assert any("#pragma omp parallel" in code for code in sources)
 

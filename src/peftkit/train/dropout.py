@@ -29,6 +29,8 @@ it keeps the bool mask for backward as PyTorch's dropout does, with the kernel o
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 
 import torch
@@ -73,6 +75,9 @@ def _lowbias32(h: torch.Tensor) -> torch.Tensor:
     return h ^ ((h >> 16) & 0xFFFF)
 
 
+_WEYL = -1640531535  # 0x9E3779B1 as a signed 32-bit integer
+
+
 def hashed_dropout(flat: torch.Tensor, seed: torch.Tensor, threshold: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """1-D `flat` with element i zeroed where hash(i, seed) < threshold, the others times `scale`.
 
@@ -81,16 +86,54 @@ def hashed_dropout(flat: torch.Tensor, seed: torch.Tensor, threshold: torch.Tens
     not new compilations.
     """
     index = torch.arange(flat.numel(), device=flat.device, dtype=torch.int32)
-    h = _lowbias32(_lowbias32(index * -1640531535 + seed) ^ seed)  # 0x9E3779B1: a Weyl step over the indices
+    h = _lowbias32(_lowbias32(index * _WEYL + seed) ^ seed)  # a Weyl sequence over the indices, hashed twice
     # in fp32 and rounded once, as eager `x * scale` computes it (a bf16 x fp32 product is not vectorised)
     return (flat.float() * torch.where(h >= threshold, scale, 0.0)).to(flat.dtype)
 
 
-_kernel = None  # the compiled hashed_dropout, once compile_mask_kernel() succeeded
+def hashed_dropout_rows(rows: torch.Tensor, column_weyl: torch.Tensor, row_step: torch.Tensor, seed: torch.Tensor,
+                        threshold: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """hashed_dropout of `rows.reshape(-1)`, computed over the 2-D [rows, columns] view: what is compiled.
+
+    Element (r, c) has flat index i = r * columns + c, so its Weyl value i * 0x9E3779B1 is
+    r * row_step + column_weyl[c] (32-bit wrap-around). The column values are a small input and the
+    row term one scalar per row: inductor vectorises `arange` poorly (one scalar per lane), and this
+    form makes the mask 1.6x faster with the same bits (stop 20, 2 threads, bf16: [2048, 384]
+    0.34 -> 0.21 ms, [16, 12, 128, 128] 1.31 -> 0.76 ms).
+    """
+    row_weyl = torch.arange(rows.shape[0], device=rows.device, dtype=torch.int32) * row_step
+    h = _lowbias32(_lowbias32(row_weyl[:, None] + column_weyl[None, :] + seed) ^ seed)
+    return (rows.float() * torch.where(h >= threshold, scale, 0.0)).to(rows.dtype)
+
+
+_kernel = None  # _apply_rows with the compiled hashed_dropout_rows, once compile_mask_kernel() succeeded
+_weyl_columns: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _columns(t: torch.Tensor) -> int:
+    """How many columns the 2-D view of t has: a power of two up to 4096 that divides its size, else
+    its last dimension (a vectorised inner loop needs some width; 1 still works, slowly)."""
+    columns = math.gcd(t.numel(), 4096)
+    if columns < 64 and t.dim() > 0 and t.shape[-1] <= 1 << 16:
+        columns = t.shape[-1]
+    return max(columns, 1)
+
+
+def _apply_rows(compiled, t: torch.Tensor, seed: torch.Tensor, threshold: torch.Tensor,
+                scale: torch.Tensor) -> torch.Tensor:
+    """`compiled` (hashed_dropout_rows) applied to t of any shape: hashed_dropout(t.reshape(-1), ...) viewed as t."""
+    columns = _columns(t)
+    key = (columns, t.device)
+    if key not in _weyl_columns:
+        weyl = torch.tensor(_WEYL, dtype=torch.int32, device=t.device)
+        _weyl_columns[key] = (torch.arange(columns, dtype=torch.int32, device=t.device) * weyl, weyl * columns)
+    column_weyl, row_step = _weyl_columns[key]
+    rows = t.reshape(-1, columns).detach()  # not a view: dynamo would guard on (and recompile for) its base's strides
+    return compiled(rows, column_weyl, row_step, seed, threshold, scale).view(t.shape)
 
 
 def compile_kernel(fn):
-    """torch.compile for an elementwise CPU kernel over 1-D tensors of any size, run on all threads.
+    """torch.compile for an elementwise CPU kernel over tensors of any size, run on all threads.
 
     Inductor decides at compile time whether a loop is split over threads; with a dynamic size it
     kept the loop on one thread (`cpp.dynamic_threads` leaves the split to OpenMP at run time;
@@ -104,19 +147,19 @@ def compile_mask_kernel(dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch
     """Compile the hashed mask for CPU tensors of `dtypes`; returns (ok, a line for the run log).
 
     torch.compile needs a C++ compiler at run time; without one (or with any other failure) the
-    generator mask stays in use and the line says why. Compiled for 1-D tensors with a dynamic
-    size, so that every tensor of a dtype reuses one kernel.
+    generator mask stays in use and the line says why. Compiled with dynamic sizes, so that every
+    tensor of a dtype reuses one kernel, and checked against the eager `hashed_dropout` on one.
     """
     global _kernel
     if _kernel is not None:
         return True, "speed: dropout masks hashed from a seed in one compiled kernel (train.dropout)"
     started = time.perf_counter()
     try:
-        kernel = compile_kernel(hashed_dropout)
+        kernel = functools.partial(_apply_rows, compile_kernel(hashed_dropout_rows))
         for dtype in dtypes:
-            args = (torch.ones(64, dtype=dtype), *_kernel_args(0.5, 12345, 2.0))
+            args = (torch.ones(3, 8192, dtype=dtype), *_kernel_args(0.5, 12345, 2.0))  # [6, 4096]: no size 1 to specialise on
             with torch.no_grad():  # as SeededMask calls it: no autograd, so one guard set for all calls
-                same = torch.equal(kernel(*args), hashed_dropout(*args))
+                same = torch.equal(kernel(*args).reshape(-1), hashed_dropout(args[0].reshape(-1), *args[1:]))
             if not same:
                 return False, "speed: dropout masks from the 16-bit generator (the compiled hash kernel disagreed with its reference)"
     except Exception as exc:  # noqa: BLE001 - inductor raises many kinds (no compiler, headers, ...); all mean "not here"
@@ -157,7 +200,7 @@ class SeededMask:
         scale = keep_scale(self.p) if scale is None else scale
         if kernel_ready(t.device) and t.numel() < 2**31:  # int32 indices
             with torch.no_grad(), torch.autocast(t.device.type, enabled=False):
-                return _kernel(t.detach().reshape(-1), *_kernel_args(self.p, self.seed, scale)).view(t.shape)
+                return _kernel(t.detach(), *_kernel_args(self.p, self.seed, scale))
         if self._keep is None:
             self._keep = keep_mask(t, self.p, self.seed)
         out = t * self._keep
