@@ -14,10 +14,11 @@ Two ways to draw a mask here, with the same drop rate (p rounded to a multiple o
 - the kernel (CPU, when `compile_mask_kernel()` succeeded): each element's keep bit is a hash of its
   index and the seed (Wellons' lowbias32, twice, 32-bit integers), and `torch.compile` turns hash,
   compare and multiply into one vectorised loop over the tensor on all threads. Nothing is stored:
-  backward hashes the same indices again. On the 2-core AVX-512 CPU of stop 19, one [2048, 384]
-  bf16 mask applied: 0.38 ms, against 1.39 ms for the generator below and 4.75 ms for F.dropout's
-  `bernoulli_`; a [16, 12, 128, 128] one 1.41 / 5.70 / 19.11 ms (`benchmarks/dropout_mask_bench.py
-  --p 0.1`, 2 threads).
+  backward hashes the same indices again. On the 2-core AVX-512 CPU, one [2048, 384] bf16 mask
+  applied: 0.27 ms, against 2.38 ms for the generator below and 5.25 ms for F.dropout's
+  `bernoulli_`; a [16, 12, 128, 128] one 0.82 / 8.98 / 21.19 ms (stop 20,
+  `benchmarks/dropout_mask_bench.py --p 0.1`, 2 threads; stop 19's kernel ran on one thread and
+  vectorised its indices poorly: 0.68 and 2.70 ms on the same day).
 - the generator (without a C++ compiler, and on CUDA): 16-bit random integers, four from each 64-bit
   word of a seeded torch.Generator; an element is dropped when its integer falls below a threshold.
 
