@@ -37,6 +37,11 @@ PROMPT_LEARNING_KINDS = frozenset({"prefix", "prompt"})  # add inputs / keys ins
 INITIAL_SNAPSHOT = "initial_adapter"  # PiSSA/OLoRA init, kept during training; peft loads it as an adapter of this name
 
 
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PeftModel (or the model itself when it is not wrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def apply_method(model: nn.Module, spec, task: str, *, gradient_checkpointing: bool = False) -> nn.Module:
     """Make `model` trainable with the method `spec.kind` (in place: peft injects layers into `model`).
 

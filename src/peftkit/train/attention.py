@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from peftkit.methods import base_model
 from peftkit.train.dropout import SeededMask, draw_seed
 
 IMPLEMENTATION = "peftkit_math"  # the name under transformers' AttentionInterface
@@ -106,15 +107,11 @@ def register() -> str:
 
 def use_math_attention(model: nn.Module) -> None:
     """Switch `model` (a transformers model, or a PeftModel around one) to this attention."""
-    _base(model).set_attn_implementation(register())
+    base_model(model).set_attn_implementation(register())
 
 
 def restore_attention(model: nn.Module, implementation: str = "sdpa") -> None:
     """Put `model` back on a stock implementation if it is on this one (its config is saved as it is)."""
-    base = _base(model)
+    base = base_model(model)
     if getattr(base.config, "_attn_implementation", None) == IMPLEMENTATION:
         base.set_attn_implementation(implementation)
-
-
-def _base(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model

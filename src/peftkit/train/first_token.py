@@ -21,6 +21,8 @@ import sys
 import torch
 from torch import nn
 
+from peftkit.methods import base_model
+
 # Classifiers whose head reads token 0 of an encoder built from BERT layers
 # (attention.self.{query,key,value}, attention.output, intermediate, output).
 FIRST_TOKEN_HEADS = ("BertForSequenceClassification", "RobertaForSequenceClassification",
@@ -62,7 +64,7 @@ def last_layer_first_token_in_place(model: nn.Module) -> int:
     The layer keeps its class, parameters and names (the adapter's keys do not change); only its
     instance's `forward` is replaced.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if type(base).__name__ not in FIRST_TOKEN_HEADS:
         return 0
     encoder = getattr(getattr(base, base.base_model_prefix, None), "encoder", None)

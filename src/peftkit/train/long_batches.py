@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from peftkit.methods import base_model
 from peftkit.train.loss import IGNORE_INDEX
 
 LONG_BATCH_QUANTILE = 0.75
@@ -89,7 +90,7 @@ class LongBatchCheckpointing:
         layers off to start with; None when the model has no checkpointable layers."""
         from transformers.modeling_layers import GradientCheckpointingLayer
 
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         if not getattr(base, "supports_gradient_checkpointing", False):
             return None
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

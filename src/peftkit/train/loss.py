@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from peftkit.methods import base_model
+
 IGNORE_INDEX = -100
 BACKBONE_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
@@ -113,7 +115,7 @@ def _liger_loss():
 
 def supports_labelled_positions_loss(model) -> bool:
     """True when the model exposes a decoder and an output embedding (transformers causal LMs do)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     try:
         return base.get_decoder() is not None and base.get_output_embeddings() is not None
     except (AttributeError, NotImplementedError):
@@ -133,7 +135,7 @@ def labelled_positions_loss(
     Returns:
         The mean loss per labelled token (a scalar).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     head = base.get_output_embeddings()
     backbone_inputs = {k: inputs[k] for k in BACKBONE_INPUTS if inputs.get(k) is not None}
     # use_cache=False: with a cache object the mask builder ignores packed position_ids and lets packed

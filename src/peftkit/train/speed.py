@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from peftkit.methods import PROMPT_LEARNING_KINDS  # virtual tokens: the loss goes through PeftModel.forward
+from peftkit.methods import base_model
 from peftkit.recipe import ModelSpec, TrainSpec
 from peftkit.train.precision import PrecisionChoice, resolve_precision
 
@@ -198,7 +199,7 @@ def prepare_model_in_place(model, plan: SpeedPlan) -> None:
     from peftkit.train.attention import use_math_attention
 
     keep_trainable_fp32(model)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if plan.attention == "math":
         use_math_attention(base)
     elif getattr(base.config, "_attn_implementation", None) != plan.attention:
