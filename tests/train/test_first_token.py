@@ -82,3 +82,16 @@ def test_only_bert_style_classifiers_and_only_once():
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                          num_attention_heads=4))
     assert last_layer_first_token_in_place(llama) == 0
+
+
+def test_the_trainers_loss_kwargs_keep_the_first_token_path():
+    """Trainer passes `num_items_in_batch` down to every layer; the last one must still compute one token."""
+    model = _classifier().train()
+    assert last_layer_first_token_in_place(model) == 1
+    seen = []
+    last = model.get_base_model().bert.encoder.layer[-1]
+    last.intermediate.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    ids, mask, labels = _batch()
+    model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=torch.tensor(4))
+    model(input_ids=ids, attention_mask=mask, labels=labels, output_attentions=True)  # attention weights: full layer
+    assert seen == [(4, 1, 64), (4, 11, 64)]

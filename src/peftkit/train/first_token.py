@@ -29,11 +29,18 @@ FIRST_TOKEN_HEADS = ("BertForSequenceClassification", "RobertaForSequenceClassif
                      "XLMRobertaForSequenceClassification", "ElectraForSequenceClassification")
 
 
+# Keyword arguments a layer receives that do not change what it computes: the Trainer's
+# `num_items_in_batch` reaches every layer through the model's **kwargs (transformers 5), and
+# output flags the encoder, not the layer, acts on.
+INERT_KWARGS = frozenset({"position_ids", "num_items_in_batch", "output_hidden_states", "return_dict"})
+
+
 def first_token_forward(layer: nn.Module, full_forward, hidden_states: torch.Tensor,
                         attention_mask: torch.Tensor | None = None, *args, **kwargs):
     """The last BERT layer's forward: in training [B, 1, H] for the first token; otherwise `full_forward`."""
-    extra = any(a is not None for a in args) or any(v is not None for k, v in kwargs.items() if k != "position_ids")
-    if not layer.training or extra:  # eval, cross-attention, caches: the layer as it is
+    extra = any(a is not None for a in args) or any(
+        v is not None and v is not False for k, v in kwargs.items() if k not in INERT_KWARGS)
+    if not layer.training or extra:  # eval, cross-attention, caches, attention weights: the layer as it is
         return full_forward(hidden_states, attention_mask, *args, **kwargs)
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
