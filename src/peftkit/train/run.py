@@ -57,6 +57,7 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     from peftkit.train.dropout import compile_mask_kernel, fast_dropout_in_place, kernel_ready
     from peftkit.train.first_token import last_layer_first_token_in_place
     from peftkit.train.gated_mlp import fuse_gated_mlps_in_place
+    from peftkit.train.recompute import recompute_gelu_outputs_in_place
     from peftkit.train.callbacks import RichProgressCallback, TextLogCallback
     from peftkit.train.common import optimizer_note
     from peftkit.train.speed import plan_speed, prepare_model_in_place
@@ -106,6 +107,8 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     fused = fuse_lora_dropout_in_place(model)  # exact; backward keeps x and a seed, not mask + dropped x
     gated = fuse_gated_mlps_in_place(model)  # exact; SwiGLU MLPs keep gate and up, not silu(gate) too
     first_token = last_layer_first_token_in_place(model)  # exact; BERT-style heads read token 0 only
+    # exact; backward computes gelu outputs again from the inputs it keeps (Python hooks: not under compile)
+    gelus = 0 if plan.compile else recompute_gelu_outputs_in_place(model)
     notes = [plan.summary(), optimizer_note(recipe.train.optimizer, plan.device)]
     if plan.device == "cpu" and _has_dropout(model):
         notes.append(compile_mask_kernel()[1])  # once per process, before the clock of the first step starts
@@ -128,6 +131,9 @@ def train(recipe: Recipe | str | Path, overrides: list[str] | None = None, conso
     if first_token:
         notes.append("speed: the last encoder layer computes only the first token while training, the one the "
                      "classification head reads (train.first_token)")
+    if gelus:
+        notes.append(f"activations: {gelus} gelu outputs computed again in backward from their inputs, not kept "
+                     "(train.recompute)")
     if gated:
         notes.append(f"activations: {gated} gated MLPs keep gate and up for backward, not silu(gate) as well")
     if plan.bf16:
