@@ -104,3 +104,18 @@ def test_auto_attention_is_math_for_encoders_on_cpu(task, expected):
     assert plan_speed(TrainSpec(), task, device="cpu").attention == expected
     assert plan_speed(TrainSpec(attention="sdpa"), task, device="cpu").attention == "sdpa"
     assert AUTO_ATTENTION[("cuda", task)] == "sdpa"  # CUDA's SDPA has dropout kernels; not measured there
+
+
+def test_backward_keeps_no_attention_weights():
+    torch.manual_seed(5)
+    q, k, v = (torch.randn(2, 3, 7, 8, requires_grad=True) for _ in range(3))
+    bias = torch.ones(2, 1, 7, 7, dtype=torch.bool)
+    bias[0, ..., 5:] = False
+    kept = []
+    module = torch.nn.Module().train()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(tuple(t.shape)) or t, lambda t: t):
+        out, _ = math_attention_forward(module, q, k, v, bias, dropout=0.2, scaling=0.3)
+    assert (2, 3, 7, 7) not in kept  # no [B, H, T, T] tensor from forward to backward
+    assert (2, 3, 7, 8) in kept
+    out.sum().backward()  # gradients from the weights computed again (their values: the test above)
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))

@@ -15,9 +15,9 @@ this form with the compiled dropout kernel 0.44-0.47 s; with every dropout off, 
 
 Here each training forward is q k^T (scaled), the mask added, softmax, dropout with
 `train.dropout`'s SeededMask (a seed kept, not a mask), then times v, in the autocast dtype.
-Backward keeps q, k, v and the [T, T] attention weights, and applies the mask to the weights
-again (one pass of the compiled kernel rather than a second [T, T] tensor per layer: 30 MB less
-at 16 x 128 on minilm-l6). It is meant for short encoder inputs (causal LMs keep SDPA).
+Backward keeps q, k, v and the mask's seed, no [T, T] tensor: it computes the weights again from q
+and k and applies the mask to them again (at 16 x 128 on minilm-l6, fp32: 12 MiB a layer not kept,
+for one more q k^T product and softmax per layer in backward). It is meant for short encoder inputs (causal LMs keep SDPA).
 Evaluation and inference (module not in training mode) go through transformers' SDPA unchanged.
 """
 
@@ -32,28 +32,35 @@ from peftkit.train.dropout import SeededMask, draw_seed
 IMPLEMENTATION = "peftkit_math"  # the name under transformers' AttentionInterface
 
 
-class _MathAttentionFn(torch.autograd.Function):
-    """softmax(q k^T * scaling + bias), dropped, times v; keeps q, k, v and the weights, not the dropped weights.
+def _weights(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    """softmax(q k^T * scaling + bias): the same ops in forward and in backward, so the same bits."""
+    scores = torch.matmul(query * scaling, key.transpose(-1, -2))
+    if bias is not None:
+        scores = scores.masked_fill(~bias, float("-inf")) if bias.dtype == torch.bool else scores + bias
+    return torch.softmax(scores, dim=-1)
 
-    The dropped weights (what v's gradient needs) are the kept weights with the seed's mask applied
-    again in backward: one pass of the compiled kernel instead of one more [B, H, T, T] tensor per layer.
+
+class _MathAttentionFn(torch.autograd.Function):
+    """softmax(q k^T * scaling + bias), dropped, times v; keeps q, k, v and the mask's seed, no [T, T] tensor.
+
+    Backward computes the weights again from q and k (one q k^T product and one softmax per layer)
+    and the dropped weights (what v's gradient needs) by applying the seed's mask to them: one pass
+    of the compiled kernel, instead of keeping a [B, H, T, T] tensor per layer from forward to backward.
     """
 
     @staticmethod
     def forward(ctx, query, key, value, bias, p: float, scaling: float):
-        scores = torch.matmul(query * scaling, key.transpose(-1, -2))
-        if bias is not None:
-            scores = scores.masked_fill(~bias, float("-inf")) if bias.dtype == torch.bool else scores + bias
-        weights = torch.softmax(scores, dim=-1)
+        weights = _weights(query, key, bias, scaling)
         mask = SeededMask(p, draw_seed()) if p > 0 else None
-        ctx.save_for_backward(query, key, value, weights)
+        ctx.save_for_backward(query, key, value, bias)
         ctx.mask, ctx.scaling = mask, scaling
         return torch.matmul(mask.apply(weights) if mask is not None else weights, value)
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, value, weights = ctx.saved_tensors
+        query, key, value, bias = ctx.saved_tensors
         mask, scaling = ctx.mask, ctx.scaling
+        weights = _weights(query, key, bias, scaling)
         grad_out = grad_out.to(value.dtype)
         dropped = mask.apply(weights) if mask is not None else weights
         grad_value = torch.matmul(dropped.transpose(-1, -2), grad_out)
@@ -62,7 +69,7 @@ class _MathAttentionFn(torch.autograd.Function):
         if mask is not None:
             grad_weights = mask.apply(grad_weights)
         grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
-        del grad_weights
+        del grad_weights, weights
         grad_query = torch.matmul(grad_scores, key) * scaling
         grad_key = torch.matmul(grad_scores.transpose(-1, -2), query) * scaling
         return grad_query, grad_key, grad_value, None, None, None
