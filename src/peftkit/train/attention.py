@@ -17,7 +17,8 @@ Here each training forward is q k^T (scaled), the mask added, softmax, dropout w
 `train.dropout`'s SeededMask (a seed kept, not a mask), then times v, in the autocast dtype.
 Backward keeps q, k, v and the mask's seed, no [T, T] tensor: it computes the weights again from q
 and k and applies the mask to them again (at 16 x 128 on minilm-l6, fp32: 12 MiB a layer not kept,
-for one more q k^T product and softmax per layer in backward). It is meant for short encoder inputs (causal LMs keep SDPA).
+for one more q k^T product and softmax per layer in backward). It is meant for short encoder inputs
+(causal LMs keep SDPA).
 Evaluation and inference (module not in training mode) go through transformers' SDPA unchanged.
 """
 
