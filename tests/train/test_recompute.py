@@ -7,7 +7,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from peftkit.train.adapter_memory import fuse_lora_dropout_in_place
-from peftkit.train.recompute import recompute_gelu_outputs_in_place
+from peftkit.train.recompute import GeluRecompute, recompute_gelu_outputs_in_place
 
 
 def _classifier(hidden_act: str = "gelu") -> torch.nn.Module:
@@ -81,3 +81,18 @@ def test_only_torch_gelu_modules_and_only_once():
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                          num_attention_heads=4))
     assert recompute_gelu_outputs_in_place(llama) == 0  # SiLU MLPs: train.gated_mlp's job
+
+
+def test_a_tensor_at_a_freed_outputs_address_is_kept_as_it_is():
+    registry = GeluRecompute()
+    gelu = torch.nn.GELU().train()
+    buffer, x = torch.randn(2, 8), torch.randn(8)
+    registry.enter(gelu, ())
+    try:
+        output = buffer[0]  # a gelu output, and later another tensor at the same address, shape and version
+        registry.record(gelu, (x,), output)
+        assert isinstance(registry.pack(buffer[0]), tuple)  # the output itself (another view of it): swapped
+        del output
+        assert isinstance(registry.pack(buffer[0]), torch.Tensor)  # only its address is the output's: kept
+    finally:
+        registry.leave(gelu, (), None)

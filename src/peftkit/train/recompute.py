@@ -21,16 +21,19 @@ A hooks context of gradient checkpointing or of a caller nested inside takes pre
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import GELUActivation
 
 
 def _is_gelu(module: nn.Module) -> bool:
     """nn.GELU, or transformers' GELUActivation when it calls torch's gelu (not its Python variant)."""
     if isinstance(module, nn.GELU):
         return True
-    return type(module).__name__ == "GELUActivation" and getattr(module, "act", None) is F.gelu
+    return type(module) is GELUActivation and module.act is F.gelu
 
 
 def _gelu_of(module: nn.Module):
@@ -46,7 +49,8 @@ class GeluRecompute:
     """Registry of one forward's gelu outputs and the saved-tensor hooks that swap them for their inputs."""
 
     def __init__(self):
-        self.outputs: dict[tuple, tuple[torch.Tensor, int, object]] = {}
+        # address key -> (weak reference to the output, gelu's input, the output's version, gelu)
+        self.outputs: dict[tuple, tuple[weakref.ref, torch.Tensor, int, object]] = {}
         self.context = None
         self.swapped = 0  # saved tensors replaced by a gelu input (counted while packing)
         self.recomputed = 0  # of those, how many backward computed again
@@ -56,13 +60,14 @@ class GeluRecompute:
             return
         x = args[0]
         if isinstance(x, torch.Tensor) and x.dtype == output.dtype and x.shape == output.shape:
-            self.outputs[_key(output)] = (x, output._version, _gelu_of(module))
+            self.outputs[_key(output)] = (weakref.ref(output), x, output._version, _gelu_of(module))
 
     def pack(self, t: torch.Tensor):
         found = self.outputs.get(_key(t))
-        if found is not None and found[1] == t._version:
+        # a dead output's address may already hold another tensor of its shape (the next layer's gelu input)
+        if found is not None and found[0]() is not None and found[2] == t._version:
             self.swapped += 1
-            return (found[0], found[2])  # gelu's input, kept by gelu's own backward already
+            return (found[1], found[3])  # gelu's input, kept by gelu's own backward already
         return t
 
     def unpack(self, packed):
