@@ -11,8 +11,9 @@ keeps a reference to the input in its place, and backward runs gelu on it again 
 same op, same input, same dtype). Nothing else changes: same values, same gradients
 (tests/train/test_recompute.py). On minilm-l6 that is one 1,536-wide tensor per token and encoder
 layer (fp32: 12 MiB a layer for a batch of 16 x 128). Measured on the classify benchmark's settings
-(bbc-news, minilm-l6, fp32, 15 steps, jemalloc, AVX2 CPU): peak RSS 1,086-1,099 -> 1,052-1,057 MiB,
-1.38-1.48 vs 1.42-1.49 s/step, identical val loss (train() on train_bench's classify recipe, two runs each way).
+(bbc-news, minilm-l6, fp32, 15 steps, jemalloc, AVX2 CPU; train() on train_bench's classify recipe,
+three runs each way): peak RSS 1,086-1,099 -> 1,052-1,057 MiB, 1.22-1.48 -> 1.42-1.49 s/step (noise of
+the shared cores), identical val loss.
 
 The hooks are entered by the model's own forward (a pre-hook on the root module, left again by its
 forward hook, which also runs when forward raises) and only while training with grad enabled.
