@@ -124,6 +124,14 @@ def model_flops_per_token(args, result: dict) -> float:
     return flops_per_token(TrainPlanSpec(model=recipe["model"]["name"], seq=seq, **task))
 
 
+def speed_ceiling(ours: dict, base: dict) -> float:
+    """The most tokens/s `ours` could reach over `base`: its model FLOPs at 100% of the matmul peak its process measured.
+
+    A speed target above this needs fewer FLOPs or a faster number format (bf16 hardware), not a faster loop.
+    """
+    return ours["peak_gflops"] * 1e9 / ours["model_flops_per_token"] / base["tokens_per_second"]
+
+
 def peak_rss_gib() -> float:
     from peftkit.resources import peak_rss_bytes
 
@@ -457,8 +465,10 @@ def main() -> None:
         r["tokens_per_second"] = r["tokens"] / r["train_seconds"]
         r["seconds_per_step"] = r["train_seconds"] / r["steps"]
         r["process_seconds"] = time.perf_counter() - started
-        r["model_gflops_per_second"] = model_flops_per_token(args, r) * r["tokens_per_second"] / 1e9
+        r["model_flops_per_token"] = model_flops_per_token(args, r)
+        r["model_gflops_per_second"] = r["model_flops_per_token"] * r["tokens_per_second"] / 1e9
         peak = max(v for k, v in r["matmul_gflops"].items() if k != "device")
+        r["peak_gflops"] = peak
         r["mfu"] = r["model_gflops_per_second"] / peak
         results[name] = r
         console.print(f"  {r['tokens_per_second']:.0f} tok/s, {r['seconds_per_step']:.2f} s/step, "
@@ -484,6 +494,10 @@ def main() -> None:
             f"peak memory [bold]{c['peak_rss_gib'] / a['peak_rss_gib']:.2f}x[/bold], "
             f"eval loss {100 * (c['eval_loss'] / a['eval_loss'] - 1):+.2f}%"
         )
+        console.print(f"  ceiling: at 100% of the {c['peak_gflops']:.0f} GFLOP/s matmul peak measured after "
+                      f"{LABELS[ours]}, its model FLOPs allow at most {speed_ceiling(c, a):.2f}x {LABELS[base]}"
+                      + (" (counting the full last layer, of which peftkit computes one token)" if
+                         args.suite == "classify" else ""))
     if args.json:
         args.json.write_text(json.dumps({"suite": args.suite, "steps": args.steps, "threads": args.threads,
                                          "results": results}, indent=2))
