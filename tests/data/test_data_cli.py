@@ -27,6 +27,7 @@ def test_inspect_prints_table_problems_and_saves_histogram(tmp_path, tiny_bert_d
     flat = " ".join(out.replace("│", " ").split())  # table cells wrap at the runner's 80 columns
     assert "6 read, 4 valid, 2 with problems" in flat
     assert "format classification" in flat and "neg 2, pos 2" in flat
+    assert "majority baseline 'neg': 50% of valid rows" in flat  # a tie goes to the first label by name
     assert "row 4 (line 8)" in flat and "expected 2 fields" in flat
     assert png.stat().st_size > 5000
 
@@ -59,6 +60,20 @@ def test_prepare_writes_the_run_dir_and_shows_the_template(tmp_path, tiny_llama_
     assert "template check: train example" in out and "⟦hello<|im_end|>" in out
     assert manifest["template"]["stop_tokens"] == ["<|im_end|>"] and manifest["template"]["rows_checked"] == 4
     assert (data / "lengths.png").is_file() and len((data / "rejects.jsonl").read_text().splitlines()) == 6
+
+
+def test_prepare_prints_label_distribution_and_majority_baseline(tmp_path, tiny_bert_dir):
+    rows = [{"text": f"ticket {i}: the printer on floor {i} is {label}", "label": label}
+            for i, label in enumerate(["broken"] * 14 + ["fine"] * 6)]
+    path = tmp_path / "tickets.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = {"name": "tickets", "model": {"name": str(tiny_bert_dir)},
+              "data": {"dataset": str(path), "split": {"val": 0.0, "test": 0.3}, "dedup": {"near": False}},
+              "output": {"runs_dir": str(tmp_path / "runs"), "run_id": "t"}}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(recipe))
+    flat = " ".join(invoke("data", "prepare", tmp_path / "t.yaml").split())
+    assert "labels in train: broken 10 (71%), fine 4 (29%)" in flat
+    assert "majority baseline 'broken': 71% of train, 67% of test" in flat
 
 
 def test_train_runs_prepare_on_a_raw_file_and_refuses_preference(tmp_path, tiny_llama_dir):

@@ -5,9 +5,11 @@
     prepared = prepare_recipe("recipes/quickstart.yaml")     # runs/<id>/data/, as `peftkit train` makes it
 
 Inspect reads the file the way `prepare` does (same readers, column mapping, detection and
-validation) but never stops at problems: it counts them all and lists them. It also counts exact
-and near duplicates inside the file and token lengths with a model's tokenizer (default: the
-built-in model that fits the detected task), and saves a length histogram as PNG.
+validation) but never stops at problems: it counts them all and lists them. For classification
+it counts the labels and the majority baseline (the share of the most common label: the accuracy
+a classifier has to beat). It also counts exact and near duplicates inside the file and token
+lengths with a model's tokenizer (default: the built-in model that fits the detected task), and
+saves a length histogram as PNG.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Inspection:
     exact_duplicates: int = 0
     near_duplicates: int = 0
     labels: dict[str, int] | None = None
+    majority: tuple[str, float] | None = None  # most common label (ties: first by name), its share of valid rows
     tokenizer: str | None = None
     max_length: int | None = None
     lengths: dict | None = None
@@ -74,6 +77,9 @@ def inspect_file(path: Path, columns: dict[str, str] | None = None, fmt: str = "
     report.near_duplicates = len(clean.find_near(keys, dedup, skip=set(exact))) if rows else 0
     if task == "classification":
         report.labels = dict(sorted(Counter(r.record["label"] for r in rows).items()))
+        if report.labels:
+            top = min(report.labels, key=lambda label: (-report.labels[label], label))
+            report.majority = (top, report.labels[top] / len(rows))
     if rows:
         model = model or default_model(task)
         tokenizer = load_tokenizer(ModelSpec(name=model))

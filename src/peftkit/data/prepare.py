@@ -14,7 +14,9 @@ Steps, in order (each one counts what it removes and writes it to `rejects.jsonl
    or dropped (`data.truncation`); a histogram goes to `lengths.png`;
 5. mix general data into train (`data.mix`), then check the chat template on every row;
 6. write `{train,val,test}.jsonl`, `rejects.jsonl` and `manifest.json` (counts, sha256 of each
-   split and input file, dedup/leakage counts, length statistics, template examples).
+   split and input file, dedup/leakage counts, length statistics, template examples; for
+   classification the labels per split and the majority baseline, the accuracy of always
+   answering train's most common label, which a tuned classifier has to beat).
 
 Later stages read the splits back with `read_split`, so any stage can be re-run alone.
 """
@@ -34,9 +36,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from peftkit.catalog.datasets import BUILTIN_DATASETS, get_dataset
 from peftkit.data import clean
-from peftkit.data.formats import apply_columns, detect_format, explain_given
+from peftkit.data.formats import apply_columns, apply_convention, detect_format, explain_given, file_field_names
 from peftkit.data.readers import read_file
-from peftkit.data.records import FORMAT_TASKS, canonical, record_problems, text_fields
+from peftkit.data.records import FORMAT_TASKS, canonical, has_surrogate, record_problems, text_fields
 from peftkit.errors import DataError, RunDirError
 from peftkit.recipe import DataSpec
 
@@ -102,6 +104,7 @@ def prepare_data(spec: DataSpec, data_dir: Path, tokenizer=None, model_source: s
         "task": loaded.task,
         "instruction": loaded.instruction,
         "labels": labels,
+        "label_balance": label_balance(splits) if labels is not None else None,
         "seed": spec.split.seed,
         "splits": {},
         "rejects": {"count": len(rejects), "by_reason": dict(Counter(r["stage"] for r in rejects)), "file": "rejects.jsonl"},
@@ -131,10 +134,32 @@ def summary_line(prepared: PreparedData) -> str:
              f"leakage {sum(c.get('leakage', {}).values())}"]
     if m.get("lengths"):
         parts.append(f"over max_length {m['lengths']['over_max']} ({m['lengths']['truncation']})")
+    if m.get("label_balance"):
+        parts += _balance_parts(m["label_balance"])
     if (m.get("template") or {}).get("checked"):
         t = m["template"]
         parts.append(f"template check passed on {t['rows_checked']} rows (stop token {', '.join(t['stop_tokens'])})")
     return "; ".join(parts)
+
+
+def label_balance(splits: dict[str, list[Row]]) -> dict:
+    """Label counts per split and the majority baseline: the share of each split that always
+    answering train's most common label (ties: the first by name) gets right, None for an empty split."""
+    counts = {s: dict(sorted(Counter(r.record["label"] for r in rows).items())) for s, rows in splits.items()}
+    train = counts["train"]
+    majority = min(train, key=lambda label: (-train[label], label)) if train else None
+    shares = {s: round(c.get(majority, 0) / sum(c.values()), 4) if c else None for s, c in counts.items()}
+    return {"counts": counts, "majority": {"label": majority, **shares}}
+
+
+def _balance_parts(balance: dict) -> list[str]:
+    train = balance["counts"]["train"]
+    total, by_count = sum(train.values()), sorted(train.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{label} {n} ({n / total:.0%})" for label, n in by_count[:10])
+    more = f", … and {len(by_count) - 10} more" if len(by_count) > 10 else ""
+    majority = balance["majority"]
+    shares = ", ".join(f"{majority[s]:.0%} of {s}" for s in SPLITS if majority.get(s) is not None)
+    return [f"labels in train: {shown}{more}", f"majority baseline {majority['label']!r}: {shares}"]
 
 
 def load_prepared(data_dir: Path) -> PreparedData:
@@ -206,28 +231,37 @@ def read_records(path: Path, spec: DataSpec, problems: list) -> tuple[list[Row],
     if task not in FORMAT_TASKS[fmt]:
         raise DataError(f"data.task: {path} holds {fmt} records ({detection.explanation}); "
                         f"they can feed {' or '.join(FORMAT_TASKS[fmt])}, not {task}")
+    raw_rows = apply_convention(raw_rows, detection)
     rows = []
     for raw in raw_rows:
         if raw.problem:
-            problems.append((raw.where, raw.problem, None))
+            problems.append((raw.where, raw.problem, raw.record))
             continue
         record = normalise_record(raw.record) if isinstance(raw.record, dict) else raw.record
         found = record_problems(record, fmt)
         if found:
-            problems += [(raw.where, _column_names(p, spec.columns), raw.record) for p in found]
+            problems += [(raw.where, _column_names(file_field_names(p, detection), spec.columns), raw.record)
+                         for p in found]
         else:
             rows.append(Row(canonical(record, fmt, task), raw.where))
     return rows, info.__dict__, fmt, detection.explanation, task
 
 
 def normalise_record(record: dict) -> dict:
-    """Text fields normalised (`clean.normalise`); messages' contents too; other values untouched."""
+    """Text fields normalised (`clean.normalise`); messages' contents too; other values untouched.
+
+    Text holding an unpaired surrogate is left as read: validation rejects it, and the position
+    its problem names is then the position in the file's text.
+    """
+    def norm(text: str) -> str:
+        return text if has_surrogate(text) else clean.normalise(text)
+
     out = {}
     for key, value in record.items():
         if isinstance(value, str):
-            value = clean.normalise(value)
+            value = norm(value)
         elif key == "messages" and isinstance(value, list):
-            value = [{**m, "content": clean.normalise(m["content"])}
+            value = [{**m, "content": norm(m["content"])}
                      if isinstance(m, dict) and isinstance(m.get("content"), str) else m for m in value]
         out[key] = value
     return out
@@ -481,9 +515,16 @@ def _check_labels(splits, spec: DataSpec, task: str, rejects: list[dict]) -> lis
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> str:
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    text = "".join(_jsonl_line(r) + "\n" for r in rows)
     path.write_text(text, encoding="utf-8")
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _jsonl_line(row: dict) -> str:
+    """One JSON line, UTF-8 text as is; a rejected record with an unpaired surrogate (no UTF-8 form)
+    is written with \\u escapes instead, so it reads back exactly as the file gave it."""
+    line = json.dumps(row, ensure_ascii=False)
+    return json.dumps(row) if has_surrogate(line) else line
 
 
 def _name(spec: DataSpec) -> str:

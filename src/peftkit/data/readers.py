@@ -8,7 +8,8 @@ Supported: JSON Lines (`.jsonl`, `.jsonl.gz`), JSON arrays (`.json`, `.json.gz`;
 per line is read as JSON Lines), CSV/TSV (`.csv`, `.tsv`, quoted multi-line fields), Parquet, and
 folders written by `datasets.Dataset.save_to_disk`. Text must be UTF-8 (a BOM and CRLF line endings
 are fine). A file that is not what its name says - gzip bytes named `.jsonl`, a directory, a missing
-path, Latin-1 bytes - is a DataError naming the file, the line and what was found.
+path, Latin-1 bytes - is a DataError naming the file, the line and what was found; so is a text
+file with nothing but blank lines in it.
 
 JSON Lines are read line by line here (not by a library) so every problem keeps its line number.
 """
@@ -67,6 +68,8 @@ def read_file(path: Path) -> tuple[list[RawRow], FileInfo]:
         else:
             raw_text = raw
         text = _decode(path, raw_text)
+        if not text.strip():
+            raise DataError(f"{path}: the file is empty ({'only blank lines' if raw_text else 'no bytes'})")
         if kind in ("jsonl", "jsonl.gz"):
             rows = _read_jsonl(path, text)
         elif kind in ("json", "json.gz"):

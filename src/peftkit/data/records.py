@@ -12,13 +12,19 @@ can feed:
 - instruction:    {"instruction", "input"?, "response"}   -> chat (default) or extraction
 - extraction:     {"input", "output"}                     -> extraction (default) or chat
 - chat, completion, preference, classification            -> the task of the same name
+
+Text must be Unicode: JSON can spell half of a UTF-16 surrogate pair alone (`"\\ud83d"`), which
+decodes to a string no tokenizer or UTF-8 writer accepts, so such a field is a row problem here.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 CHAT_ROLES = ("system", "user", "assistant")
+# json pairs a high and low surrogate escape into one character, so any surrogate left is unpaired
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 FORMAT_TASKS = {  # record format -> tasks it can feed (first is the default)
@@ -64,6 +70,8 @@ def _text_field(record: dict, field: str, allow_empty: bool = False) -> list[str
         return [f"{field}: null (expected a non-empty string)"]
     if not isinstance(value, str):
         return [f"{field}: expected a string, found {type(value).__name__}"]
+    if has_surrogate(value):
+        return [_surrogate_problem(field, value)]
     if not value.strip() and not allow_empty:
         return [f"{field}: empty text"]
     return []
@@ -77,9 +85,22 @@ def _label_field(record: dict) -> list[str]:
         return ["label: null (expected a string or integer)"]
     if not isinstance(label, (str, int)) or isinstance(label, bool):
         return [f"label: expected a string or integer, found {type(label).__name__}"]
+    if isinstance(label, str) and has_surrogate(label):
+        return [_surrogate_problem("label", label)]
     if isinstance(label, str) and not label.strip():
         return ["label: empty (expected a string or integer)"]
     return []
+
+
+def has_surrogate(text: str) -> bool:
+    """Whether `text` holds an unpaired UTF-16 surrogate (it has no UTF-8 form)."""
+    return _SURROGATE.search(text) is not None
+
+
+def _surrogate_problem(field: str, text: str) -> str:
+    at = _SURROGATE.search(text).start()
+    return (f"{field}: text holds an unpaired UTF-16 surrogate (\\u{ord(text[at]):04x}) at position {at + 1}; "
+            "the JSON has half of an escaped pair such as \\ud83d\\ude00: write the whole pair or the character itself")
 
 
 def _chat_problems(record: dict) -> list[str]:
@@ -99,6 +120,8 @@ def _chat_problems(record: dict) -> list[str]:
         if not isinstance(msg.get("content"), str):
             found = type(msg.get("content")).__name__ if "content" in msg else "nothing"
             problems.append(f"{where}.content: expected text, found {found}")
+        elif has_surrogate(msg["content"]):
+            problems.append(_surrogate_problem(f"{where}.content", msg["content"]))
         elif not msg["content"].strip():
             turn = "an empty assistant turn" if msg.get("role") == "assistant" else "empty text"
             problems.append(f"{where}.content: {turn}")

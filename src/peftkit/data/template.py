@@ -122,8 +122,22 @@ def _check_plain(prompt: str, completion: str, tok, stop_ids: set[int]) -> str:
     before = tok(prompt)["input_ids"]
     full_text = prompt + completion + ("" if completion.endswith(eos) else eos)
     upto = tok(full_text)["input_ids"]
-    start = _check_turn(before, upto, completion, tok, stop_ids, "completion")
+    start = _check_turn(before, upto, completion, tok, stop_ids, "completion", _boundary_hint(prompt, completion))
     return tok.decode(upto[:start]) + MARK_OPEN + tok.decode(upto[start:]) + MARK_CLOSE
+
+
+def _boundary_hint(prompt: str, completion: str) -> str:
+    """What to add where prompt and completion meet with no word break, which a tokenizer merges across."""
+    if not prompt or not completion or completion[0].isspace() or prompt.endswith("\n"):
+        return ""
+    before = ("…" if len(prompt) > 20 else "") + prompt[-20:]
+    after = completion[:20] + ("…" if len(completion) > 20 else "")
+    seam, fixed = f"'{before}|{after}', | marks where the completion starts", repr(" " + after)
+    if prompt[-1].isspace():  # a trailing space is its own token alone but joins the next word in the whole text
+        return (f" The prompt ends with a space, which the tokenizer joins to the word after it ({seam}): "
+                f"move the space to the start of the completion ({fixed}).")
+    return (f" The completion follows the prompt with nothing between them ({seam}), so the tokenizer merges "
+            f"text across that point: start the completion with a space ({fixed}) or end the prompt with a newline.")
 
 
 def _ids(tok, messages: list[dict], generation_prompt: bool) -> list[int]:
@@ -131,8 +145,12 @@ def _ids(tok, messages: list[dict], generation_prompt: bool) -> list[int]:
     return list(out["input_ids"])
 
 
-def _check_turn(before: list[int], upto: list[int], content: str, tok, stop_ids: set[int], what: str) -> int:
-    """Where the trained span starts; raises _Mismatch unless it is `content` + a stop token + whitespace."""
+def _check_turn(before: list[int], upto: list[int], content: str, tok, stop_ids: set[int], what: str,
+                hint: str = "") -> int:
+    """Where the trained span starts; raises _Mismatch unless it is `content` + a stop token + whitespace.
+
+    `hint` is added to the message when the prompt is not a prefix: what to change in the data.
+    """
     from trl.data_utils import common_prefix_length
 
     start = common_prefix_length(before, upto)
@@ -140,7 +158,7 @@ def _check_turn(before: list[int], upto: list[int], content: str, tok, stop_ids:
     if start < len(before):
         raise _Mismatch(f"{what}: the prompt rendered alone is not a prefix of the rendered conversation "
                         f"(it ends with {tok.decode(before[start:])!r} instead), so the loss mask would start "
-                        f"in the wrong place. Rendered:\n{rendered}")
+                        f"in the wrong place.{hint} Rendered:\n{rendered}")
     span = upto[start:]
     stop_at = next((k for k, t in enumerate(span) if t in stop_ids), None)
     stops = ", ".join(repr(tok.convert_ids_to_tokens(t)) for t in sorted(stop_ids))
