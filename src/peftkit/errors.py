@@ -34,5 +34,26 @@ class ForgettingGateError(PeftkitError):
     """The tuned model lost more general ability than `eval.max_forgetting` allows."""
 
 
+class VerdictGateError(PeftkitError):
+    """A gate of `eval.fail_on` failed: a degenerate (collapsed) model, or a verdict other than "yes"."""
+
+
 class MergeError(PeftkitError):
     """An adapter cannot be folded into the base model's weights, or a merged model cannot be (re)quantized here."""
+
+
+class AdapterRefused(PeftkitError):
+    """`peftkit serve` will not serve an adapter; the reason names the file and what was expected."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"adapter '{name}': {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class ExportError(PeftkitError):
+    """A run cannot be exported for a serving engine as it is (e.g. vLLM refuses DoRA); the message lists every reason."""
+
+
+class KeysFileError(PeftkitError):
+    """A `peftkit serve --keys` file is unreadable or malformed (names the file, the entry `keys[i]` and the field)."""

@@ -383,6 +383,19 @@ class MaxForgettingSpec(Spec):
     )
 
 
+class WarnForgettingSpec(MaxForgettingSpec):
+    """Warning levels: past them the verdict of `peftkit eval` names the loss of general ability as a
+    trade-off and suggests replay; nothing fails (that is eval.max_forgetting)."""
+
+    general_ppl_increase: float | None = Field(
+        0.10, ge=0, description="Warn when perplexity on general text rises by more than this share (0.10 = +10%)."
+    )
+    chat_accuracy_drop: float | None = Field(
+        0.02, ge=0,
+        description="Warn when next-token accuracy on general chat drops by more than this (0.02 = 2 points).",
+    )
+
+
 class EvalSpec(Spec):
     max_examples: int | None = Field(None, gt=0, description="Score at most this many test examples.")
     batch_size: int = Field(16, gt=0)
@@ -394,6 +407,17 @@ class EvalSpec(Spec):
     )
     general: GeneralSuiteSpec = Field(default_factory=GeneralSuiteSpec)
     max_forgetting: MaxForgettingSpec = Field(default_factory=MaxForgettingSpec)
+    warn_forgetting: WarnForgettingSpec = Field(default_factory=WarnForgettingSpec)
+    fail_on: list[Literal["collapsed", "not_better"]] = Field(
+        default_factory=list,
+        description="Verdict gates (`peftkit eval` exits 1): collapsed = a degenerate model (one class for >= 95% of "
+                    "test rows, the same answer for most inputs, answers that loop or never stop); not_better = the "
+                    "tuned model does not beat the best trivial baseline and the base by more than the noise.",
+    )
+    resamples: int = Field(
+        2000, ge=100, description="Paired bootstrap resamples of the test rows for the verdict's 95% intervals."
+    )
+    seed: int = Field(0, description="Seed of the bootstrap and of the stratified-random baseline.")
     report_examples: int = Field(6, ge=0, description="Test examples shown base vs tuned side by side in report.html.")
 
 

@@ -121,3 +121,29 @@ def _render(html: Path, tmp_path: Path) -> str:
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert "<table" in dom
     return dom
+
+
+def test_report_data_line_names_the_files_or_the_builtin(run, tiny_bert_dir, tmp_path):
+    """The facts table says where the data came from: each data.files file, or the built-in dataset."""
+    import re
+
+    from peftkit.evaluate.report import build_report
+
+    builtin = build_report([run], out=tmp_path / "builtin.html").path.read_text()
+    assert re.search(r"<th>data</th><td>chatterbot \(built-in\) \(train \d+", builtin)
+
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"review number {i},{'pos' if i % 3 else 'neg'}\n"
+                                                                 for i in range(24)), encoding="utf-8")
+    test_rows = [{"text": f"held out {i}", "label": "pos" if i % 2 else "neg"} for i in range(6)]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test_rows), encoding="utf-8")
+    recipe = tmp_path / "files.yaml"
+    recipe.write_text(json.dumps({
+        "name": "files", "model": {"name": str(tiny_bert_dir)},
+        "data": {"files": {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.jsonl")},
+                 "task": "classification", "split": {"val": 0.0}, "dedup": {"near": False}},
+        "method": {"kind": "lora", "r": 4, "dropout": 0.0}, "train": {"max_steps": 1, "batch_size": 8},
+        "output": {"runs_dir": str(tmp_path / "runs"), "run_id": "f", "mlflow": False}}), encoding="utf-8")
+    invoke("train", str(recipe))
+    page = build_report([tmp_path / "runs" / "f"]).path.read_text()
+    line = re.search(r"<th>data</th><td>([^<]*)</td>", page).group(1)
+    assert line == f"files: train {tmp_path / 'train.csv'}, test {tmp_path / 'test.jsonl'} (train 24, val 0, test 6)"

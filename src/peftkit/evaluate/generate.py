@@ -1,4 +1,4 @@
-"""Batched greedy generation and batched classification, with a progress bar.
+"""Batched greedy generation and batched classification (labels, or labels and probabilities), with a progress bar.
 
 Both the base and the tuned model go through the same functions with the same prompts and
 decoding, so their scores differ only by the adapter.
@@ -40,16 +40,34 @@ def generate_answers(model, tokenizer, prompts: list[list[dict] | str], batch_si
     return answers
 
 
-@torch.no_grad()
 def classify(model, tokenizer, texts: list[str], labels: list[str], batch_size: int, max_length: int,
              progress: Progress, label: str) -> list[str]:
     """Predicted label names, argmax of the classifier logits."""
+    predicted: list[str] = []
+    for logits in _classifier_logits(model, tokenizer, texts, batch_size, max_length, progress, label):
+        predicted += [labels[i] for i in logits.argmax(-1).tolist()]
+    return predicted
+
+
+def classify_probabilities(model, tokenizer, texts: list[str], labels: list[str], batch_size: int, max_length: int,
+                           progress: Progress, label: str) -> list[tuple[str, dict[str, float]]]:
+    """Per text: the predicted label (argmax of the logits, as `classify`) and {label: probability}, the
+    softmax of the logits over every label of the run."""
+    out: list[tuple[str, dict[str, float]]] = []
+    for logits in _classifier_logits(model, tokenizer, texts, batch_size, max_length, progress, label):
+        probs = logits.float().softmax(-1)  # [batch, num_labels]
+        for best, row in zip(logits.argmax(-1).tolist(), probs.tolist()):
+            out.append((labels[best], dict(zip(labels, row))))
+    return out
+
+
+@torch.no_grad()
+def _classifier_logits(model, tokenizer, texts: list[str], batch_size: int, max_length: int, progress: Progress,
+                       label: str):
+    """The classifier's logits, one [batch, num_labels] tensor per batch of texts (truncated to max_length tokens)."""
     model.eval()
     task = progress.add_task(label, total=len(texts))
-    predicted: list[str] = []
     for chunk in batches(texts, batch_size):
         enc = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-        logits = model(**enc.to(model.device)).logits  # [batch, num_labels]
-        predicted += [labels[i] for i in logits.argmax(-1).tolist()]
+        yield model(**enc.to(model.device)).logits  # [batch, num_labels]
         progress.advance(task, len(chunk))
-    return predicted

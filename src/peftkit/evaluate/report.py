@@ -8,10 +8,12 @@ attention/), so `peftkit report RUN` rebuilds the page at any time without loadi
 are matplotlib PNGs inlined as base64 data URIs and the HTML is rendered by a Jinja2 template with
 autoescaping, so the file opens anywhere, offline, and text from the data cannot inject markup.
 
-Sections of a single-run page: verdict, run facts (method, trainable params, peak memory, time,
-adapter size), loss curves, base vs tuned task metrics, per-field or per-class results, confusion
-matrices, forgetting deltas with pass/fail, side-by-side base vs tuned outputs, and attention
-entropy when `peftkit inspect attention` has been run.
+Sections of a single-run page: verdict (the answer of verdict.py with its flags, then the first
+table: tuned vs base and each trivial baseline with paired 95% intervals), run facts (data
+source, method, trainable params, peak memory, time, adapter size), loss curves, base vs tuned
+task metrics, per-field or per-class results (a class with recall 0 highlighted), confusion
+matrices, forgetting deltas with pass/fail and warnings, side-by-side base vs tuned outputs, and
+attention entropy when `peftkit inspect attention` has been run.
 """
 
 from __future__ import annotations
@@ -25,11 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit.errors import RunDirError
+from peftkit.evaluate.headline import headline_metric, higher_is_better
 from peftkit.resources import human_bytes
 from peftkit.rundir import open_run, read_metrics
-
-HEADLINE = ("field_accuracy", "accuracy", "rouge_l", "loss")
-HIGHER_IS_BETTER = {"loss": False, "perplexity": False}
 
 
 @dataclass
@@ -79,10 +79,6 @@ def _load_run(run_dir: Path) -> dict:
             "predictions": predictions, "attention": attention}
 
 
-def headline_metric(scores: dict) -> str | None:
-    return next((k for k in HEADLINE if k in scores), None)
-
-
 def _facts(run: dict) -> list[tuple[str, str]]:
     from peftkit.methods import describe_method
 
@@ -95,7 +91,7 @@ def _facts(run: dict) -> list[tuple[str, str]]:
     facts = [
         ("recipe", r.name),
         ("base model", r.model.name),
-        ("data", f"{r.data.dataset} ({_data_counts(run['dir'])})"),
+        ("data", f"{data_source(r.data, _manifest(run['dir']))} ({_data_counts(run['dir'])})"),
         ("method", describe_method(method) + (f", targets {targets}" if targets else "")),
         ("trainable parameters", f"{t.get('trainable_params', 0):,} ({t.get('trainable_percent', 0):.2f}%)"),
         ("model size" if "model_bytes" in t else "adapter size",
@@ -127,11 +123,32 @@ def _memory(section: dict) -> str:
     return ", ".join(parts) or "–"
 
 
+def _manifest(run_dir: Path) -> dict:
+    path = run_dir / "data" / "manifest.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def data_source(data, manifest: dict) -> str:
+    """Where a run's data came from: the built-in dataset, the file, or each split's file (data.files),
+    plus what was mixed in for replay. From the manifest (what was read) or else the recipe's DataSpec."""
+    source = manifest.get("source") or ({"files": {k: v for k, v in data.files.model_dump().items() if v}}
+                                        if data.files else {"file": data.dataset})
+    if "builtin" in source:
+        text = f"{source['builtin']} (built-in)"
+    elif "files" in source:
+        text = "files: " + ", ".join(f"{split} {path}" for split, path in source["files"].items())
+    else:
+        text = f"file {source['file']}"
+    mix = manifest.get("mix")
+    if mix:
+        text += f" + {mix['rows']} rows of {mix['dataset']} mixed in ({mix['fraction']:.0%} of train)"
+    return text
+
+
 def _data_counts(run_dir: Path) -> str:
-    manifest = run_dir / "data" / "manifest.json"
-    if not manifest.is_file():
+    splits = _manifest(run_dir).get("splits")
+    if not splits:
         return "?"
-    splits = json.loads(manifest.read_text(encoding="utf-8"))["splits"]
     return ", ".join(f"{k} {v['count']}" for k, v in splits.items())
 
 
@@ -140,7 +157,7 @@ def _metric_rows(base: dict, tuned: dict) -> list[dict]:
     for key, value in tuned.items():
         if isinstance(value, (int, float)) and key != "examples" and isinstance(base.get(key), (int, float)):
             delta = value - base[key]
-            better = delta > 0 if HIGHER_IS_BETTER.get(key, True) else delta < 0
+            better = delta > 0 if higher_is_better(key) else delta < 0
             rows.append({"metric": key, "base": _num(base[key]), "tuned": _num(value), "delta": f"{delta:+.4f}",
                          "cls": "good" if better else "bad" if delta else ""})
     return rows
@@ -150,18 +167,24 @@ def _num(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _forgetting_rows(forgetting: dict) -> list[dict]:
+def _forgetting_rows(forgetting: dict, warnings: list[dict] | None = None) -> list[dict]:
     checks = {(c["set"], c["metric"].removeprefix("lm_eval ")): c for c in forgetting.get("checks", [])}
+    warned = {(w["set"], w["metric"].removeprefix("lm_eval ")): w for w in warnings or []}
     rows = []
     for name, metrics in forgetting.get("deltas", {}).items():
         for metric, d in metrics.items():
             check = checks.get((name, metric))
+            warning = warned.get((name, metric))
             change = f"{d['delta']:+.2%}" if d["relative"] else f"{d['delta'] * 100:+.2f} pts"
+            limit = f"{check['threshold_field']} ≤ {check['allowed']:g}" if check else "no threshold"
+            if warning:
+                limit += f"; warns past {warning['field']} {warning['allowed']:g}"
+            if check:
+                verdict, cls = ("pass", "good") if check["passed"] else ("FAIL", "bad")
+            else:
+                verdict, cls = ("warning", "bad") if warning else ("–", "")
             rows.append({"set": name, "metric": metric, "base": f"{d['base']:.4f}", "tuned": f"{d['tuned']:.4f}",
-                         "delta": change,
-                         "limit": (f"{check['threshold_field']} ≤ {check['allowed']:g}" if check else "no threshold"),
-                         "verdict": ("pass" if check["passed"] else "FAIL") if check else "–",
-                         "cls": ("good" if check["passed"] else "bad") if check else ""})
+                         "delta": change, "limit": limit, "verdict": verdict, "cls": cls})
     return rows
 
 
@@ -290,23 +313,60 @@ def _attention_images(run: dict) -> list[dict]:
 
 
 def _verdict(run: dict) -> dict:
+    """The verdict of metrics.json (verdict.py) as the page shows it; a run evaluated before verdicts
+    existed gets its headline numbers and no answer."""
     m = run["metrics"]
     base, tuned = m.get("base", {}), m.get("tuned", {})
     key = headline_metric(tuned)
-    worked = None
-    text = "not evaluated yet: run `peftkit eval`"
-    if key:
-        b, t = base.get(key), tuned[key]
-        worked = (t > b) if HIGHER_IS_BETTER.get(key, True) else (t < b)
-        text = f"{key}: base {b:.4f} → tuned {t:.4f}"
+    v = m.get("verdict")
+    numbers = f"{key}: base {base[key]:.4f} → tuned {tuned[key]:.4f}" if key and key in base else ""
+    if v:
+        label, text, worked = v["answer"].capitalize(), v["why"], {"yes": True, "no": False}.get(v["answer"])
+    elif key:
+        label, worked = "?", None
+        text = numbers + "; no verdict recorded: rerun `peftkit eval` for baselines and confidence intervals"
+    else:
+        label, text, worked = "?", "not evaluated yet: run `peftkit eval`", None
     forgetting = m.get("forgetting", {})
     gate = None
     if forgetting.get("checks"):
         gate = forgetting["passed"]
-    return {"metric": key, "text": text, "worked": worked, "gate": gate,
+    return {"metric": key, "label": label, "text": text, "short": f"{label} — {numbers}" if numbers else label,
+            "worked": worked, "try": (v or {}).get("try", ""), "flags": (v or {}).get("flags", []),
+            "warnings": (v or {}).get("warnings", []), "gate": gate,
             "gate_text": ("no thresholds set (eval.max_forgetting)" if gate is None else
                           "forgetting gate passed" if gate else
                           "forgetting gate FAILED: " + next(c["message"] for c in forgetting["checks"] if not c["passed"]))}
+
+
+def _verdict_table(m: dict) -> dict | None:
+    """The first table: tuned, the base and each trivial baseline on the verdict's metrics, with the
+    paired 95% interval of tuned minus each (and McNemar's p for accuracy)."""
+    from peftkit.evaluate.verdict import display_name
+
+    v = m.get("verdict")
+    if not v or not v["intervals"]:
+        return None
+    metrics = list(dict.fromkeys(c["metric"] for c in v["intervals"]))
+    by = {(c["against"], c["metric"]): c for c in v["intervals"]}
+    others = ["base"] + [name for name in dict.fromkeys(c["against"] for c in v["intervals"]) if name != "base"]
+    how = {name: b["description"] for name, b in m.get("baselines", {}).items()}
+    how["base"] = "the base model, no adapter"
+    first = {metric: next(c for c in v["intervals"] if c["metric"] == metric) for metric in metrics}
+    rows = [{"name": "tuned", "how": m.get("eval", {}).get("tuned_model", "the tuned model"),
+             "cells": [(_num(first[metric]["tuned"]), "") for metric in metrics], "p": "", "outcome": "", "cls": ""}]
+    for name in others:
+        headline = by[(name, v["headline"]["metric"])]
+        p = headline.get("mcnemar", {}).get("p_value")
+        cells = [by[(name, metric)] for metric in metrics]
+        rows.append({"name": display_name(name), "how": how.get(name, ""),
+                     "cells": [(_num(c["other"]), "{:+.4f} [{:+.4f}, {:+.4f}]".format(c["difference"], *c["ci95"]))
+                               for c in cells],
+                     "p": "–" if p is None else f"{p:.2g}",
+                     "outcome": headline["outcome"] + (" (decides)" if headline.get("deciding") else ""),
+                     "cls": {"better": "good", "worse": "bad", "not better": "bad"}.get(headline["outcome"], "")})
+    return {"metrics": metrics, "rows": rows, "mcnemar": any("mcnemar" in c for c in v["intervals"]),
+            "resamples": v.get("resamples")}
 
 
 def _prediction_rows(run: dict) -> list[dict]:
@@ -337,12 +397,16 @@ def _render_single(run: dict) -> str:
     per_field = [{"name": k, "base": _num(base.get("per_field", {}).get(k, 0.0)), "tuned": _num(v)}
                  for k, v in tuned.get("per_field", {}).items()]
     per_class = [{"name": k, **{f"base_{s}": _num(base.get("per_class", {}).get(k, {}).get(s, 0.0)) for s in ("precision", "recall", "f1")},
-                  **{f"tuned_{s}": _num(v[s]) for s in ("precision", "recall", "f1")}, "support": v["support"]}
+                  **{f"tuned_{s}": _num(v[s]) for s in ("precision", "recall", "f1")}, "support": v["support"],
+                  # a class present in the test rows that the model never finds
+                  "base_recall_zero": v["support"] > 0 and base.get("per_class", {}).get(k, {}).get("recall") == 0,
+                  "tuned_recall_zero": v["support"] > 0 and v["recall"] == 0}
                  for k, v in tuned.get("per_class", {}).items()]
     context = {
         "title": f"peftkit report — {run['id']}",
         "run": run,
         "verdict": _verdict(run),
+        "verdict_table": _verdict_table(m),
         "facts": _facts(run),
         "loss_png": loss_curves_png([run]),
         "metric_rows": _metric_rows(base, tuned),
@@ -351,7 +415,7 @@ def _render_single(run: dict) -> str:
         "per_class": per_class,
         "confusion_png": confusion_png(base, tuned),
         "forgetting": m.get("forgetting", {}),
-        "forgetting_rows": _forgetting_rows(m.get("forgetting", {})),
+        "forgetting_rows": _forgetting_rows(m.get("forgetting", {}), m.get("verdict", {}).get("warnings")),
         "forgetting_png": forgetting_png(m.get("forgetting", {})),
         "predictions": _prediction_rows(run),
         "attention": run["attention"],
@@ -418,7 +482,7 @@ def compare_png(document: dict, path: Path) -> Path:
         ax.set_xscale("log")
     else:
         ax.text(0.5, 0.5, "no method finished", ha="center", va="center", transform=ax.transAxes)
-    better = "lower is better" if HIGHER_IS_BETTER.get(metric, True) is False else "higher is better"
+    better = "higher is better" if higher_is_better(metric) else "lower is better"
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(f"{metric} ({better})")
     ax.set_title(f"{document['recipe']}: task metric vs trainable parameters", fontsize=10)
@@ -486,7 +550,16 @@ pre{white-space:pre-wrap;margin:0;font-size:12px;max-width:420px} img{max-width:
 _SINGLE = """<h1>{{ title }}</h1>
 <h2>Did it work?</h2>
 <div class="verdict {{ 'good' if verdict.worked else 'bad' if verdict.worked is not none else 'none' }}" id="verdict-task">
-  {{ 'Yes' if verdict.worked else 'No' if verdict.worked is not none else '?' }} — {{ verdict.text }}</div>
+  {{ verdict.label }} — {{ verdict.text }}</div>
+{% if verdict.flags or verdict.warnings %}<ul id="verdict-flags">{% for f in verdict.flags %}<li class="bad">flag {{ f.name }}: {{ f.message }}</li>{% endfor %}
+{% for w in verdict.warnings %}<li class="bad">forgetting warning ({{ w.field }}): {{ w.message }}</li>{% endfor %}</ul>{% endif %}
+{% if verdict.try %}<p id="verdict-try">Try: {{ verdict.try }}</p>{% endif %}
+{% if verdict_table %}<table id="verdict-table"><tr><th>compared with</th><th>how</th>{% for mt in verdict_table.metrics %}<th>{{ mt }}</th>
+<th>tuned − it, 95% CI</th>{% endfor %}{% if verdict_table.mcnemar %}<th>McNemar p</th>{% endif %}<th>{{ verdict.metric }}</th></tr>
+{% for r in verdict_table.rows %}<tr><td>{{ r.name }}</td><td>{{ r.how }}</td>{% for c in r.cells %}<td class="num">{{ c[0] }}</td><td class="num">{{ c[1] }}</td>{% endfor %}
+{% if verdict_table.mcnemar %}<td class="num">{{ r.p }}</td>{% endif %}<td class="{{ r.cls }}">{{ r.outcome }}</td></tr>{% endfor %}</table>
+<p>Intervals: paired bootstrap over the test rows{% if verdict_table.resamples %} ({{ verdict_table.resamples }} resamples){% endif %}, tuned minus
+each on the same resampled rows; "better" needs the whole interval above 0{% if verdict_table.mcnemar %} and McNemar's exact p below 0.05{% endif %}.</p>{% endif %}
 <div class="verdict {{ 'good' if verdict.gate else 'bad' if verdict.gate is not none else 'none' }}" id="verdict-gate">{{ verdict.gate_text }}</div>
 
 <h2>What did it cost?</h2>
@@ -506,8 +579,9 @@ _SINGLE = """<h1>{{ title }}</h1>
 {% if per_class %}<h2>Per class</h2><table id="per-class"><tr><th>class</th><th>support</th><th>base P</th><th>base R</th><th>base F1</th>
 <th>tuned P</th><th>tuned R</th><th>tuned F1</th></tr>
 {% for r in per_class %}<tr><td>{{ r.name }}</td><td class="num">{{ r.support }}</td><td class="num">{{ r.base_precision }}</td>
-<td class="num">{{ r.base_recall }}</td><td class="num">{{ r.base_f1 }}</td><td class="num">{{ r.tuned_precision }}</td>
-<td class="num">{{ r.tuned_recall }}</td><td class="num">{{ r.tuned_f1 }}</td></tr>{% endfor %}</table>{% endif %}
+<td class="num{{ ' bad recall-zero' if r.base_recall_zero }}">{{ r.base_recall }}</td><td class="num">{{ r.base_f1 }}</td><td class="num">{{ r.tuned_precision }}</td>
+<td class="num{{ ' bad recall-zero' if r.tuned_recall_zero }}">{{ r.tuned_recall }}</td><td class="num">{{ r.tuned_f1 }}</td></tr>{% endfor %}</table>
+{% if per_class|selectattr('tuned_recall_zero')|list %}<p class="bad" id="recall-zero">Recall 0 (tuned): {{ per_class|selectattr('tuned_recall_zero')|map(attribute='name')|join(', ') }}: the model never predicts it correctly.</p>{% endif %}{% endif %}
 {% if confusion_png %}<img id="confusion" alt="confusion matrices" src="{{ confusion_png }}">{% endif %}
 
 <h2>Forgetting: general ability, base vs tuned</h2>
@@ -541,7 +615,7 @@ _COMPARE = """<h1>{{ title }}</h1>
 <h2>Runs side by side</h2>
 <table id="compare"><tr><th>run</th><th>recipe</th><th>task metric</th><th>gate</th><th>val loss</th><th>method</th>
 <th>trainable</th><th>adapter</th><th>training</th>{% for k in general_keys %}<th>Δ {{ k }}</th>{% endfor %}</tr>
-{% for r in rows %}<tr><td>{{ r.id }}</td><td>{{ r.recipe }}</td><td class="{{ 'good' if r.verdict.worked else 'bad' if r.verdict.worked is not none }}">{{ r.verdict.text }}</td>
+{% for r in rows %}<tr><td>{{ r.id }}</td><td>{{ r.recipe }}</td><td class="{{ 'good' if r.verdict.worked else 'bad' if r.verdict.worked is not none }}">{{ r.verdict.short }}</td>
 <td class="{{ 'good' if r.verdict.gate else 'bad' if r.verdict.gate is not none }}">{{ 'pass' if r.verdict.gate else 'FAIL' if r.verdict.gate is not none else '–' }}</td>
 <td class="num">{{ r.val_loss }}</td><td>{{ r.facts['method'] }}</td><td>{{ r.facts['trainable parameters'] }}</td>
 <td>{{ r.facts['adapter size'] }}</td><td>{{ r.facts['training'] }}</td>

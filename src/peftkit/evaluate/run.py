@@ -12,6 +12,13 @@ suite (eval.general, see `forgetting.py`) is scored on both for causal LMs. Resu
 metrics.json as {"base", "tuned", "forgetting", "eval"}; every test example's base and tuned answers
 go to `eval_predictions.jsonl`. When a threshold of eval.max_forgetting is exceeded, everything is
 still written and then ForgettingGateError names the threshold (`peftkit eval` exits 1).
+`verdict.py` adds "baselines" (trivial answers scored the same way) and "verdict" (yes / no / not
+distinguishable, with paired 95% intervals and degenerate-model flags); a gate of eval.fail_on
+raises VerdictGateError, also after everything is written.
+
+`evaluate(run, data="labelled.jsonl")` (`peftkit eval RUN --data FILE`) scores base and tuned on another
+labelled file instead, read and validated as the run's data was (`read_labelled`); its results go to
+RUN/evals/<file stem>/{metrics.json, eval_predictions.jsonl} and RUN/metrics.json is left as it is.
 
 The tuned model per method (`peftkit.methods.load_tuned`): the base with RUN/adapter attached for
 every PEFT kind (prefix/prompt tuning through peft's forward and generate, which add the virtual
@@ -45,7 +52,7 @@ ALLOWED_METRICS = {"extraction": {"extraction", "generation", "perplexity"}, "ch
 
 
 def evaluate(run_dir: str | Path, console: Console | None = None, overrides: list[str] | None = None,
-             gate: bool = True, report: bool = True) -> dict:
+             gate: bool = True, report: bool = True, data: str | Path | None = None) -> dict:
     """Score base and tuned on the test split and the general suite; returns {"base", "tuned",
     "forgetting", "eval"} (also in metrics.json) and writes report.html.
 
@@ -53,10 +60,13 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
         overrides: `--set` strings applied to the run's recipe for this evaluation (eval.* fields).
         gate: raise ForgettingGateError when a threshold of eval.max_forgetting is exceeded.
         report: (re)build RUN/report.html.
+        data: score on this labelled file instead of the test split (`read_labelled`): results go to
+            RUN/evals/<file stem>/ and RUN/metrics.json is left as it is; the general suite is skipped
+            (it does not depend on the file; its scores stay in RUN/metrics.json), as are MLflow and the report.
     """
     from peftkit.evaluate import forgetting
-    from peftkit.loading import load_base_model, load_tokenizer
-    from peftkit.methods import artifact_name, base_quantization, load_tuned, trained_precision
+    from peftkit.loading import load_tokenizer
+    from peftkit.methods import artifact_name, load_tuned
 
     console = console or Console(stderr=True)
     run_dir, recipe = open_run(run_dir)
@@ -65,22 +75,20 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
     method = recipe.method
     require(run_dir, artifact_name(method), "train")
     prepared = load_prepared(run_dir / "data")
-    rows = read_split(prepared.data_dir, "test")[: recipe.eval.max_examples]
+    if data is None:
+        rows = read_split(prepared.data_dir, "test")[: recipe.eval.max_examples]
+    else:
+        rows, data_source = read_labelled(Path(data), recipe, prepared)
+        rows = rows[: recipe.eval.max_examples]
+        recipe = _without_general_suite(recipe)
     if not rows:
         raise DataError(f"{run_dir}: the test split is empty; raise data.split.test in the recipe")
     families = task_metrics(recipe.eval.metrics, prepared.task)
     suite = _general_sets(recipe, prepared)
     started = time.perf_counter()
     tokenizer = load_tokenizer(recipe.model)
-    # qlora: base and tuned share the 4-bit base training used, so their scores differ only by the adapter.
-    task = "sequence-classification" if prepared.task == "classification" else "causal-lm"
-    model = load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed,
-                            quantization=base_quantization(method, task, trained_precision(recipe)))
-
-    def load_full(folder: Path):
-        return load_base_model(recipe.model.model_copy(update={"name": str(folder)}), prepared.task, prepared.labels,
-                               recipe.train.seed)
-
+    model = load_base(recipe, prepared)
+    load_full = full_loader(recipe, prepared)
     tuned = None
     base_view = contextlib.nullcontext()
     if method.kind == "qlora":
@@ -117,21 +125,35 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
                  "method": method.kind, "tuned_model": tuned_description(method),
                  "seconds": time.perf_counter() - started, **peak_memory()},
     }
-    update_metrics(run_dir, **results)
+    # trivial baselines, paired intervals, degenerate-model flags, forgetting warnings (verdict.py)
+    from peftkit.evaluate.verdict import assess, raise_if_gated
+
+    results.update(assess(rows, read_split(prepared.data_dir, "train"), prepared, recipe, base_out, tuned_out,
+                          section, tokenizer))
+    out_dir = run_dir
+    if data is not None:  # another file's scores: their own folder, the run's test results stay as they are
+        out_dir = run_dir / "evals" / _file_stem(Path(data))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results["eval"].update(split="file", data=data_source)
+        results["forgetting"]["skipped"] = "--data evaluation: the general suite does not depend on the file"
+    update_metrics(out_dir, **results)
+    if data is not None:
+        results["metrics_path"] = str(out_dir / "metrics.json")
     if "answers" in base_out:
-        with (run_dir / "eval_predictions.jsonl").open("w", encoding="utf-8") as fh:
+        with (out_dir / "eval_predictions.jsonl").open("w", encoding="utf-8") as fh:
             for row, b, t in zip(rows, base_out["answers"], tuned_out["answers"]):
                 fh.write(json.dumps({**row, "base": b, "tuned": t}, ensure_ascii=False) + "\n")
-    if recipe.output.mlflow:
+    if recipe.output.mlflow and data is None:
         from peftkit.tracking import log_evaluation
 
         log_evaluation(recipe, run_dir, results)
-    if report:
+    if report and data is None:
         from peftkit.evaluate.report import build_report
 
         results["report"] = str(build_report([run_dir]).path)
     if gate:
         forgetting.raise_if_failed(checks, results)
+        raise_if_gated(results["verdict"], recipe.eval.fail_on, results)
     return results
 
 
@@ -155,6 +177,89 @@ def task_metrics(chosen: list[str] | None, task: str) -> list[str]:
         raise RecipeError(f"eval.metrics: {wrong or '[]'} cannot score a {task} task; "
                           f"expected some of {sorted(ALLOWED_METRICS[task])}")
     return list(dict.fromkeys(chosen))
+
+
+def load_base(recipe, prepared):
+    """The base model as training saw it: 4-bit for qlora, so base and tuned differ only by the adapter."""
+    from peftkit.loading import load_base_model
+    from peftkit.methods import base_quantization, trained_precision
+
+    task = "sequence-classification" if prepared.task == "classification" else "causal-lm"
+    return load_base_model(recipe.model, prepared.task, prepared.labels, recipe.train.seed,
+                           quantization=base_quantization(recipe.method, task, trained_precision(recipe)))
+
+
+def full_loader(recipe, prepared):
+    """`load_tuned`'s load_full for full fine-tuning: RUN/model loaded the way the base is."""
+    from peftkit.loading import load_base_model
+
+    def load_full(folder: Path):
+        return load_base_model(recipe.model.model_copy(update={"name": str(folder)}), prepared.task, prepared.labels,
+                               recipe.train.seed)
+
+    return load_full
+
+
+def load_tuned_model(recipe, prepared, run_dir: Path):
+    """The model eval scores as "tuned", loaded on its own (the base is not kept apart): what predict uses."""
+    from peftkit.methods import load_tuned
+
+    base = None if recipe.method.kind == "full" else load_base(recipe, prepared)
+    return load_tuned(base, recipe.method, run_dir, load_full=full_loader(recipe, prepared))
+
+
+def read_labelled(path: Path, recipe, prepared) -> tuple[list[dict], dict]:
+    """Canonical records of a labelled file for `evaluate(data=…)`, read, mapped (data.columns), validated and
+    normalised as the run's own data was (`read_records`), plus the file's info (path, kind, sha256, rows).
+
+    Every problem stops it, all listed with file and line: rows are never dropped from a score. Text
+    holding a special token of the model's tokenizer is a problem (as in `data prepare`), and for
+    classification so is a label the run was not trained on.
+    """
+    from peftkit.data.prepare import read_records
+    from peftkit.data.template import special_token_problems
+    from peftkit.loading import load_tokenizer
+
+    spec = recipe.data.model_copy(update={"task": prepared.task})
+    problems: list = []
+    rows, info, *_ = read_records(path, spec, problems)
+    found = [(where, p) for where, p, _ in problems]
+    tokenizer = load_tokenizer(recipe.model)
+    found += [(r.where, p) for r in rows for p in special_token_problems(r.record, tokenizer)]
+    if prepared.task == "classification":
+        found += [(r.where, f"label: {r.record['label']!r} is not a label of this run "
+                            f"(labels: {', '.join(prepared.labels)})") for r in rows
+                  if r.record["label"] not in prepared.labels]
+    if found:
+        raise problems_error(path, found)
+    if not rows:
+        raise DataError(f"{path}: no records to score")
+    return [r.record for r in rows], info
+
+
+def problems_error(path: Path, problems: list[tuple[str, str]]) -> DataError:
+    """One DataError listing the (where, problem) pairs of a file, the first MAX_LISTED_PROBLEMS in full."""
+    from peftkit.data.prepare import MAX_LISTED_PROBLEMS
+
+    listed = [f"{where}: {p}" for where, p in problems[:MAX_LISTED_PROBLEMS]]
+    more = len(problems) - len(listed)
+    tail = f"\n… and {more} more problems" if more else ""
+    rows = len({where for where, _ in problems})
+    return DataError(f"{len(problems)} problems in {path} ({rows} rows):\n" + "\n".join(listed) + tail)
+
+
+def _without_general_suite(recipe):
+    """The recipe with the general suite, lm-eval tasks and forgetting thresholds off (a `--data` evaluation)."""
+    from peftkit.recipe import MaxForgettingSpec
+
+    general = recipe.eval.general.model_copy(update={"enabled": False, "lm_eval_tasks": []})
+    spec = recipe.eval.model_copy(update={"general": general, "max_forgetting": MaxForgettingSpec()})
+    return recipe.model_copy(update={"eval": spec})
+
+
+def _file_stem(path: Path) -> str:
+    """'labelled.jsonl.gz' -> 'labelled': the folder name of a `--data` evaluation."""
+    return Path(path.name.removesuffix(".gz")).stem or path.name
 
 
 def _general_sets(recipe, prepared) -> list:
@@ -201,6 +306,7 @@ def _score(model, tokenizer, rows, prepared, recipe, families, progress, label) 
                                    recipe.eval.max_new_tokens, progress, label)
         references = [p["completion"] if isinstance(p["completion"], str) else p["completion"][0]["content"] for p in pairs]
         out["answers"] = answers
+        out["references"] = references
         if "extraction" in families:
             scores.update(extraction_scores(answers, references))
         if "generation" in families:
