@@ -3,14 +3,18 @@
     peftkit quickstart                 train + eval + merge recipes/quickstart.yaml, one table
     peftkit train RECIPE [--set k=v]   new run directory with an adapter
     peftkit eval RUN                   base vs tuned on the test split + forgetting gate + report.html
+    peftkit eval RUN --data FILE       base vs tuned on another labelled file (RUN/evals/<file stem>/)
+    peftkit predict RUN --input FILE --out FILE   batch inference with the tuned model, as eval scored it
     peftkit report RUN [RUN2 ...]      rebuild RUN/report.html, or one page comparing runs
     peftkit inspect attention RUN --text "..."   attention entropy per layer/head, base vs tuned
     peftkit merge RUN [--requantize nf4|int8]   merged safetensors + parity check (+ quantized copy)
+    peftkit export RUN --for vllm [--merge]     the adapter as vLLM loads it + the exact `vllm serve` command
     peftkit compare RECIPE --methods lora,ia3,...  train + eval each method on the same data, one table
     peftkit recipe show RECIPE         the resolved recipe, every default filled in
     peftkit data inspect FILE          format, counts, problems, duplicates, token lengths (+ PNG)
     peftkit data prepare RECIPE        validated, cleaned, deduplicated, split data in runs/<id>/data
     peftkit plan [RECIPE] [--model ...] will it fit, what will it cost, which method (nothing loaded)
+    peftkit serve --base M --adapter NAME=RUN   one base, many adapters, an OpenAI-compatible API
     peftkit models | datasets | runs   what is built in, what has run
 
 A user mistake (PeftkitError) prints one red line and exits with status 1; anything else is a bug
@@ -81,20 +85,48 @@ def train(recipe: Annotated[str, typer.Argument(help="Recipe YAML path or shippe
 
 
 @app.command("eval")
-def eval_(run: RunArg, set_: SetOption = None):
+def eval_(run: RunArg, set_: SetOption = None,
+          data: Annotated[Optional[Path], typer.Option(
+              help="Score on this labelled file (read like the run's data) instead of the test split; results go "
+                   "to RUN/evals/<file stem>/, RUN/metrics.json is left as it is; the general suite is skipped.")] = None):
     """Score base and tuned on the test split and the general suite; write RUN/metrics.json and
-    RUN/report.html. Exits 1 naming the threshold when the forgetting gate (eval.max_forgetting) fails."""
-    from peftkit.errors import ForgettingGateError
+    RUN/report.html. Prints the verdict (yes / no / not distinguishable against trivial baselines and the
+    base, with 95% intervals) and its flags. Exits 1 naming the threshold when the forgetting gate
+    (eval.max_forgetting) fails, or naming the gate when one of eval.fail_on does."""
+    from peftkit.errors import ForgettingGateError, VerdictGateError
     from peftkit.evaluate.run import evaluate
 
     _quiet_libraries()
     try:
-        results = evaluate(run, console=err, overrides=set_ or [])
-    except ForgettingGateError as exc:
+        results = evaluate(run, console=err, overrides=set_ or [], data=data)
+    except (ForgettingGateError, VerdictGateError) as exc:
         if getattr(exc, "results", None):
             _print_eval(exc.results)
         raise
     _print_eval(results)
+    if data is not None:
+        console.print(f"{results['eval']['examples']} examples of {data} (the general suite is scored by `peftkit eval "
+                      f"RUN` only); results: {results['metrics_path']}")
+
+
+@app.command()
+def predict(
+    run: RunArg,
+    input_: Annotated[Path, typer.Option("--input", help="Rows to answer (.jsonl, .json, .csv, .tsv, .parquet): the "
+                                                         "task's input field, e.g. input, messages, prompt or text.")],
+    out: Annotated[Path, typer.Option(help="JSONL to write: each input row plus `prediction` (and `probabilities`).")],
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="Rows per batch (default eval.batch_size, the batches eval used, so answers match eval's).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Predict only the first N rows.")] = None,
+):
+    """Batch inference with the run's tuned model: the prompts, chat template and greedy decoding that
+    `peftkit eval` used. Classification also writes the probability of every label."""
+    from peftkit.predict import predict as run_predict
+
+    _quiet_libraries()
+    result = run_predict(run, input_, out, console=err, batch_size=batch_size, limit=limit)
+    console.print(f"predictions: {result.out_path} ({result.rows} rows by {result.tuned_model}, "
+                  f"{result.seconds:.1f} s, {result.rows_per_second:.2f} rows/s)")
 
 
 def _print_eval(results: dict) -> None:
@@ -102,8 +134,33 @@ def _print_eval(results: dict) -> None:
     forgetting = results.get("forgetting", {})
     if forgetting.get("deltas"):
         console.print(_forgetting_table(forgetting))
+    if "verdict" in results:
+        _print_verdict(results["verdict"])
     if "report" in results:
         console.print(f"report: {results['report']}")
+
+
+def _print_verdict(verdict: dict) -> None:
+    """The intervals behind the verdict, then the verdict line, its flags, warnings and what to try."""
+    from peftkit.evaluate.verdict import display_name, verdict_line
+
+    if verdict["intervals"]:
+        table = Table("tuned vs", "metric", "tuned", "it", "difference", "95% CI", "McNemar p", "outcome",
+                      title="baselines and base, paired on the test rows", title_justify="left")
+        for c in verdict["intervals"]:
+            p = c.get("mcnemar", {}).get("p_value")
+            table.add_row(display_name(c["against"]), c["metric"], _fmt(c["tuned"]), _fmt(c["other"]),
+                          f"{c['difference']:+.4f}", "[{:+.4f}, {:+.4f}]".format(*c["ci95"]),
+                          "–" if p is None else f"{p:.2g}", ("* " if c.get("deciding") else "") + c["outcome"])
+        console.print(table)
+    colour = {"yes": "green", "no": "red"}.get(verdict["answer"], "yellow")
+    console.print(f"[bold {colour}]did it work? {escape(verdict_line(verdict))}[/bold {colour}]", highlight=False)
+    for flag in verdict["flags"]:
+        console.print(f"[red]flag {flag['name']}:[/red] {escape(flag['message'])}", highlight=False)
+    for warning in verdict["warnings"]:
+        console.print(f"[yellow]forgetting warning:[/yellow] {escape(warning['message'])}", highlight=False)
+    if verdict["try"]:
+        console.print(f"try: {escape(verdict['try'])}", highlight=False)
 
 
 def _forgetting_table(forgetting: dict) -> Table:
@@ -186,6 +243,28 @@ def merge(
 
     _quiet_libraries()
     run_merge(run, console=err, requantize=requantize)
+
+
+@app.command()
+def export(
+    run: RunArg,
+    for_: Annotated[str, typer.Option("--for", help="The serving engine to export for: vllm.")],
+    merge_: Annotated[bool, typer.Option("--merge", help="Serve the parity-checked merged model (RUN/merged) instead of "
+                                                         "base + adapter: the way out for settings vLLM refuses.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Folder to write (default: RUN/export-vllm/NAME).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="The model name clients request (default: the recipe's name).")] = None,
+    max_loras: Annotated[int, typer.Option(help="--max-loras of the command: how many adapters one batch may mix.")] = 1,
+):
+    """Write the adapter as vLLM loads it and print the exact `vllm serve` command (stdout), after checking every
+    setting vLLM refuses: DoRA, modules_to_save, bias, rank above 512, lm_head/embeddings, PiSSA/OLoRA/LoftQ init, non-LoRA kinds."""
+    from peftkit.errors import ExportError
+    from peftkit.export.vllm import export_for_vllm
+
+    if for_ != "vllm":
+        raise ExportError(f"--for {for_!r}: expected vllm (the only serving engine peftkit exports for so far)")
+    _quiet_libraries()
+    result = export_for_vllm(run, out=out, name=name, merge=merge_, max_loras=max_loras, console=err)
+    console.print(result.command, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -286,6 +365,8 @@ def data_inspect(
     table.add_row("duplicates", f"{r.exact_duplicates:,} exact, {r.near_duplicates:,} near (among valid rows)")
     if r.labels is not None:
         table.add_row("labels", ", ".join(f"{k} {v}" for k, v in r.labels.items()))
+    if r.majority is not None:
+        table.add_row("majority baseline", f"{r.majority[0]!r}: {r.majority[1]:.0%} of valid rows (accuracy of always answering it)")
     if r.lengths:
         s = r.lengths
         table.add_row(f"tokens ({r.tokenizer})", f"min {s['min']}, mean {s['mean']}, p50 {s['p50']}, p95 {s['p95']}, max {s['max']}; "
@@ -359,14 +440,14 @@ def runs(
     """List runs under RUNS_DIR, newest first, with their headline numbers."""
     from peftkit.rundir import list_runs
 
-    rows = list_runs(runs_dir)
+    rows = [r | {"verdict": _read_json(Path(r["path"]) / "metrics.json").get("verdict")} for r in list_runs(runs_dir)]
     if as_json:
         console.print_json(json.dumps(rows, default=str))
         return
     if not rows:
         err.print(f"no runs under {runs_dir}")
         return
-    table = _table("run", "when", "steps", "val loss", "base", "tuned", "merged")
+    table = _table("run", "when", "steps", "val loss", "base", "tuned", "verdict", "merged")
     for r in rows:
         metric = _headline_metric(r["tuned"])
         table.add_row(
@@ -376,6 +457,7 @@ def runs(
             _fmt(r["train"].get("val_loss")),
             _fmt(r["base"].get(metric)) if metric else "–",
             f"{_fmt(r['tuned'].get(metric))} {metric}" if metric else "–",
+            _verdict_cell(r["verdict"]),
             "yes" if r["merged"] else "no",
         )
     console.print(table)
@@ -486,6 +568,69 @@ def plan(
         print_report(report, console)
 
 
+serve_app = typer.Typer(help="Serve one base model and many adapters behind an OpenAI-compatible API.")
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.callback(invoke_without_command=True)
+def serve(
+    ctx: typer.Context,
+    base: Annotated[Optional[str], typer.Option(help="Base model: built-in name, local folder or hub id.")] = None,
+    adapter: Annotated[Optional[list[str]], typer.Option(
+        help="NAME=RUN_DIR or NAME=ADAPTER_FOLDER (repeatable); NAME is the `model` clients ask for.")] = None,
+    keys: Annotated[Optional[Path], typer.Option(help="Keys file (tenants, hashed keys, allowed adapters); "
+                                                      "without it the server listens on 127.0.0.1 only.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    adapter_root: Annotated[Optional[list[str]], typer.Option(
+        help="Folder whose subfolders are adapters loaded on first request by name (repeatable); "
+             "also where /admin/adapters may load from.")] = None,
+    max_adapters: Annotated[int, typer.Option(help="Adapters resident at once (least recently used unloaded).")] = 4,
+    max_rank: Annotated[int, typer.Option(help="Refuse adapters of a higher LoRA rank.")] = 64,
+    max_adapter_mb: Annotated[int, typer.Option(help="Refuse adapters whose weights exceed this many MiB.")] = 1024,
+    allow_base_mismatch: Annotated[bool, typer.Option(help="Serve adapters whose config names another base.")] = False,
+    max_batch: Annotated[int, typer.Option(help="Sequences decoded together.")] = 8,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting before 429.")] = 64,
+    context: Annotated[int, typer.Option(help="Tokens per sequence, prompt + output.")] = 2048,
+    timeout: Annotated[float, typer.Option(help="Seconds a request may take before it is stopped (504).")] = 300.0,
+    force: Annotated[bool, typer.Option("--force", help="Start even when the memory plan says it will not fit.")] = False,
+):
+    """Serve the base and the adapters: /v1/models, /v1/chat/completions, /v1/completions, /v1/classify."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from peftkit.serve.server import ServeError, ServeOptions, build_server, run_server
+
+    _quiet_libraries()
+    if base is None:
+        raise ServeError("peftkit serve: give --base MODEL (see peftkit serve --help)")
+    named = {}
+    for item in adapter or []:
+        name, sep, where = item.partition("=")
+        if not sep or not name or not where:
+            raise ServeError(f"--adapter {item!r}: expected NAME=PATH, e.g. extract=runs/quickstart-20261201-101500")
+        if name in named:
+            raise ServeError(f"--adapter {name}: given twice")
+        named[name] = where
+    options = ServeOptions(base=base, adapters=named, keys=str(keys) if keys else None, host=host, port=port,
+                           dtype=dtype, adapter_root=adapter_root or [], max_adapters=max_adapters, max_rank=max_rank,
+                           max_adapter_bytes=max_adapter_mb << 20, allow_base_mismatch=allow_base_mismatch,
+                           max_batch=max_batch, max_queue=max_queue, context=context, timeout=timeout, force=force)
+    run_server(build_server(options, console=err), console=err)
+
+
+@serve_app.command("keygen")
+def serve_keygen(
+    tenant: Annotated[str, typer.Option(help="Tenant the key belongs to.")],
+    adapters: Annotated[Optional[str], typer.Option(help="Models the key may use: comma-separated names, or '*'.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="The key may load and unload adapters (/admin).")] = False,
+):
+    """Print a new API key (shown once) and the entry to add to the keys file."""
+    from peftkit.serve.auth import keygen_command
+
+    console.print(keygen_command(tenant, adapters, admin), highlight=False, markup=False)
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -501,10 +646,23 @@ def _table(*headers: str) -> Table:
 
 
 def _headline_metric(scores: dict) -> str | None:
-    for key in ("field_accuracy", "accuracy", "loss"):
-        if key in scores:
-            return key
-    return None
+    from peftkit.evaluate.headline import headline_metric
+
+    return headline_metric(scores)
+
+
+def _verdict_cell(verdict: dict | None) -> str:
+    """`peftkit runs`: the answer, the flags, and the interval against the best trivial baseline."""
+    from peftkit.evaluate.verdict import display_name
+
+    if not verdict:
+        return "–"
+    cell = verdict["answer"] + "".join(f", {f['name']}" for f in verdict["flags"])
+    best = next((c for c in verdict["intervals"] if c.get("deciding") and c["against"] != "base"), None)
+    if best:
+        low, high = best["ci95"]
+        cell += f" ({best['difference']:+.3f} [{low:+.3f}, {high:+.3f}] vs {display_name(best['against'])})"
+    return cell
 
 
 def _fmt(value) -> str:
