@@ -423,3 +423,87 @@ def test_sigterm_finishes_the_stream_in_flight_and_exits(runs, tiny_llama_dir):
         proc.kill()
         output = proc.stdout.read()
     assert "listens on 127.0.0.1 only" in " ".join(output.split())  # rich wraps lines in a pipe
+
+
+# ---------------------------------------------------------------------- every kind peftkit trains
+KINDS = {"ia3": "{kind: ia3}", "loha": "{kind: loha, r: 4}", "lokr": "{kind: lokr, r: 4}",
+         "prompt": "{kind: prompt, num_virtual_tokens: 4}", "prefix": "{kind: prefix, num_virtual_tokens: 4}",
+         "bottleneck": "{kind: bottleneck}", "full": "{kind: full}", "qlora": "{kind: qlora, r: 4}"}
+
+
+def test_every_kind_is_served_with_the_answers_eval_recorded(tiny_llama_dir, tmp_path):
+    """One server, one adapter of every other kind at once; each answers as `peftkit eval` recorded."""
+    from peftkit.evaluate.run import evaluate
+    from peftkit.train.run import train
+
+    runs = {}
+    for name, method in KINDS.items():
+        run = train("quickstart", _overrides(tiny_llama_dir, tmp_path, name, method, "5e-2"),
+                    console=Console(quiet=True)).run_dir
+        evaluate(run, console=Console(quiet=True), gate=False, report=False)
+        runs[name] = run
+    running = Running(ServeOptions(base=str(tiny_llama_dir), adapters={k: str(v) for k, v in runs.items()},
+                                   max_adapters=len(runs), context=256))
+    try:
+        assert not running.server.refused
+        client = running.client()
+
+        def answers(name):
+            rows = [json.loads(l) for l in (runs[name] / "eval_predictions.jsonl").read_text().splitlines()][:2]
+            return [(_ask(client, name, r["input"]).choices[0].message.content, r["tuned"]) for r in rows]
+
+        with ThreadPoolExecutor(len(runs)) as pool:  # all kinds in flight together
+            got = dict(zip(runs, pool.map(answers, runs)))
+        for name, pairs in got.items():
+            assert all(served == evaluated for served, evaluated in pairs), (name, pairs)
+    finally:
+        running.close()
+
+
+def test_a_configuration_that_does_not_fit_is_refused_before_loading(tiny_llama_dir):
+    from peftkit.serve.server import ServeError
+
+    with pytest.raises(ServeError, match="does not fit; nothing was loaded"):
+        build_server(ServeOptions(base=str(tiny_llama_dir), context=1 << 22, max_batch=64), console=Console(quiet=True))
+
+
+def test_keygen_prints_a_key_once_and_the_entry(tmp_path):
+    from typer.testing import CliRunner
+
+    from peftkit.cli import app
+    from peftkit.serve.auth import load_keys
+
+    result = CliRunner().invoke(app, ["serve", "keygen", "--tenant", "acme", "--adapters", "extract,chat"])
+    assert result.exit_code == 0, result.output
+    key = next(l.strip() for l in result.output.splitlines() if l.strip().startswith("pk-"))
+    entry = result.output[result.output.index("  - tenant"):]
+    (tmp_path / "keys.yaml").write_text("keys:\n" + entry)
+    who = load_keys(tmp_path / "keys.yaml").authenticate(key)
+    assert who.tenant == "acme" and who.may_use("chat") and not who.may_use("other")
+    assert key not in (tmp_path / "keys.yaml").read_text()
+
+
+def test_least_recently_used_adapter_is_unloaded_for_the_next(runs, tiny_llama_dir):
+    running = Running(ServeOptions(base=str(tiny_llama_dir), adapters={"a": str(runs["a"]), "b": str(runs["b"])},
+                                   max_adapters=1, context=256))
+    try:
+        client, cache = running.client(), running.engine.cache
+        first = _ask(client, "a", "hello", max_tokens=6).choices[0].message.content
+        assert list(cache.resident) == ["a"]
+        _ask(client, "b", "hello", max_tokens=6)
+        assert list(cache.resident) == ["b"] and cache.served["a"].loaded_at is None
+        assert _ask(client, "a", "hello", max_tokens=6).choices[0].message.content == first  # loaded again, same answer
+        assert {m.id for m in client.models.list().data} >= {"a", "b"}  # unloaded is still served
+    finally:
+        running.close()
+
+
+def test_a_request_over_the_timeout_is_stopped_with_504(runs, tiny_llama_dir):
+    running = Running(ServeOptions(base=str(tiny_llama_dir), adapters={"a": str(runs["a"])}, context=256, timeout=0.3))
+    try:
+        r = httpx.post(running.url + "/completions", timeout=60, json={
+            "model": "a", "prompt": "x", "max_tokens": 200, "temperature": 1.0, "seed": 1})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        assert not running.engine.running
+    finally:
+        running.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,11 @@ class AdapterCache:
 
             if isinstance(group.model, PeftModel):
                 group.model.delete_adapter(served.peft_name)
+                remaining = list(group.model.peft_config)
+                if remaining:  # peft keeps pointing at the deleted adapter; rows name theirs anyway
+                    group.model.set_adapter(remaining[0])
+                else:  # no adapter left: back to the plain base (peft's forward needs an active adapter)
+                    group.model = group.model.unload()
         if not group.members:  # an own-model group, or an empty 4-bit base: free its weights
             del self.groups[served.group_key]
         served.loaded_at = None
@@ -276,13 +282,14 @@ def _peft_config(checked: CheckedAdapter):
 def _add_lora(model, name: str, checked: CheckedAdapter, weights: dict):
     """Add a LoRA adapter under `name` to `model` (a plain model is wrapped once) and load its weights."""
     from peft import PeftModel, get_peft_model
-    from peft.utils import set_peft_model_state_dict
 
     config = _peft_config(checked)
-    if isinstance(model, PeftModel):
-        model.add_adapter(name, config)
-    else:
-        model = get_peft_model(model, config, adapter_name=name)
+    with warnings.catch_warnings():  # peft notes that the config's base name is not the loaded folder's: expected
+        warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*")
+        if isinstance(model, PeftModel):
+            model.add_adapter(name, config)
+        else:
+            model = get_peft_model(model, config, adapter_name=name)
     _set_weights(model, name, checked, weights)
     return model.eval()
 
@@ -290,7 +297,9 @@ def _add_lora(model, name: str, checked: CheckedAdapter, weights: dict):
 def _peft_model(base, checked: CheckedAdapter, weights: dict):
     from peft import get_peft_model
 
-    model = get_peft_model(base, _peft_config(checked))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*")
+        model = get_peft_model(base, _peft_config(checked))
     _set_weights(model, "default", checked, weights)
     return model.eval()
 
@@ -299,7 +308,9 @@ def _set_weights(model, name: str, checked: CheckedAdapter, weights: dict) -> No
     from peft.utils import set_peft_model_state_dict
 
     result = set_peft_model_state_dict(model, weights, adapter_name=name)
-    unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
+    # peft loads prompt learning's `prompt_embeddings` into the prompt encoder itself, then reports the key unused
+    handled = {"prompt_embeddings"} if checked.kind in GENERATE_KINDS else set()
+    unexpected = [k for k in result.unexpected_keys if k not in handled and not k.endswith("num_batches_tracked")]
     if unexpected:
         raise AdapterRefused(checked.name, f"tensor {unexpected[0]} fits no layer of the base "
                                            f"({len(unexpected)} such tensors)")

@@ -110,6 +110,7 @@ class GenerateJob(Job):
         self.prompt_ids = prompt_ids
         self.params = params
         self.generated: list[int] = []
+        self.started = False  # left the queue and holds its adapter (served.running counts it)
         self.past: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer: [1, kv_heads, len, head_dim]
         self.length = 0  # tokens in `past`
         self.sent = 0  # characters of the decoded answer already sent
@@ -236,7 +237,7 @@ class Engine:
                 self._run_control(job)
             elif isinstance(job, ClassifyJob):
                 self._run_classify(job)
-            elif len(self.running) < self.max_batch and self._admit(job):
+            elif len(self.running) < self.max_batch and self._admitted(job):
                 pass
             else:
                 still.append(job)
@@ -273,12 +274,31 @@ class Engine:
             job.send(Failed(500, f"classification failed: {type(exc).__name__}: {exc}"))
 
     # ------------------------------------------------------------------ prefill
+    def _admitted(self, job: GenerateJob) -> bool:
+        """Admit `job` (True), or leave it waiting for a slot (False); a failure ends that request alone."""
+        try:
+            return self._admit(job)
+        except Exception as exc:
+            import traceback
+
+            traceback.print_exc()
+            if job in self.running:
+                self.running.remove(job)
+            if job.started:
+                job.served.running -= 1
+            else:
+                self._leave_queue(job)
+            job.past = None
+            job.send(Failed(500, f"could not start the request on '{job.served.name}': {type(exc).__name__}: {exc}"))
+            return True
+
     def _admit(self, job: GenerateJob) -> bool:
         group = self.cache.ensure_resident(job.served)
         if group is None:
             return False  # every adapter slot holds an adapter in use; wait for one to free
         self._leave_queue(job)
         job.served.running += 1
+        job.started = True
         if group.via_generate:
             self._generate_alone(job, group)
             return True
