@@ -24,7 +24,11 @@ def test_hub_id_passes_through_and_offline_hub_is_one_line(monkeypatch):
     from peftkit.recipe import ModelSpec
 
     assert resolve_model("someorg/some-model") == "someorg/some-model"
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the hub library reads the variable once at import: set its constant too, or the test waits on the network
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(CatalogError) as info:
         load_tokenizer(ModelSpec(name="someorg/some-model"))
     assert "Hugging Face Hub" in str(info.value)
