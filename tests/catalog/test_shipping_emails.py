@@ -11,7 +11,7 @@ import pytest
 
 from peftkit.catalog import shipping_emails as se
 from peftkit.catalog.shipping_emails import (
-    CARRIERS, CONTAINER_TYPES, FIELDS, OPTIONAL_FIELDS, PORTS, REQUIRED_FIELDS,
+    ALL_PORTS, CARRIERS, CODED_PORTS, CONTAINER_TYPES, FIELDS, OPTIONAL_FIELDS, PORTS, REQUIRED_FIELDS,
     booking_json, generate, generate_splits,
 )
 
@@ -20,16 +20,18 @@ MONTHS = ("January", "February", "March", "April", "May", "June", "July",
 _MON = "(?P<mon>" + "|".join(MONTHS) + ")"
 _ABBR = "(?P<mon>" + "|".join(m[:3] for m in MONTHS) + ")"
 _Y = r"(?P<y>202[67])"
-# Departure-date formats (departures are 2026-2027; forwarded headers use 2025).
+# Date formats of 2026/27 (departures are 2026-2027); case-insensitive: terse emails may be all lower case.
 DATE_FORMATS: dict[str, re.Pattern[str]] = {
     "iso": re.compile(_Y + r"-(?P<m>\d\d)-(?P<d>\d\d)\b"),
     "slash": re.compile(r"\b(?P<d>\d\d)/(?P<m>\d\d)/" + _Y),
     "dot": re.compile(r"\b(?P<d>\d\d)\.(?P<m>\d\d)\." + _Y),
-    "month_d_y": re.compile(r"\b" + _MON + r" (?P<d>\d{1,2}), " + _Y),
-    "d_month_y": re.compile(r"\b(?P<d>\d{1,2}) " + _MON + " " + _Y),
-    "ordinal": re.compile(r"\b(?P<d>\d{1,2})(?:st|nd|rd|th) of " + _MON + " " + _Y),
-    "mon_d_y": re.compile(r"\b" + _ABBR + r" (?P<d>\d{1,2}) " + _Y),
-    "d_mon_y": re.compile(r"\b(?P<d>\d\d)-" + _ABBR + "-" + _Y),
+    "month_d_y": re.compile(r"\b" + _MON + r" (?P<d>\d{1,2}), " + _Y, re.I),
+    "d_month_y": re.compile(r"\b(?P<d>\d{1,2}) " + _MON + " " + _Y, re.I),
+    "ordinal": re.compile(r"\b(?P<d>\d{1,2})(?:st|nd|rd|th) of " + _MON + " " + _Y, re.I),
+    "ordinal_month_y": re.compile(r"\b(?P<d>\d{1,2})(?:st|nd|rd|th) " + _MON + " " + _Y, re.I),
+    "mon_d_y": re.compile(r"\b" + _ABBR + r" (?P<d>\d{1,2}) " + _Y, re.I),
+    "d_mon_y": re.compile(r"\b(?P<d>\d\d)-" + _ABBR + "-" + _Y, re.I),
+    "d_mon_y_space": re.compile(r"\b(?P<d>\d{1,2}) " + _ABBR + " " + _Y, re.I),
 }
 CUES = ("etd", "departing", "sailing", "ready to ship on", "departure")
 
@@ -40,7 +42,7 @@ def _dates_in(text: str) -> list[tuple[str, dt.date, int]]:
     for name, pat in DATE_FORMATS.items():
         for m in pat.finditer(text):
             g = m.groupdict()
-            month = int(g["m"]) if "m" in g else [x[:3] for x in MONTHS].index(g["mon"][:3]) + 1
+            month = int(g["m"]) if "m" in g else [x[:3] for x in MONTHS].index(g["mon"][:3].title()) + 1
             found.append((name, dt.date(int(g["y"]), month, int(g["d"])), m.start()))
     return found
 
@@ -50,11 +52,24 @@ def _has_word(text: str, word: str) -> bool:
 
 
 def _carriers_in(text: str) -> set[str]:
-    return {c for c, variants in se.CARRIER_VARIANTS.items() if any(_has_word(text, v) for v in variants)}
+    """Carriers named in `text`; "ONE" only in upper case ("one" is a count)."""
+    return {c for c, variants in se.CARRIER_VARIANTS.items()
+            if any(re.search(r"(?<![\w-])ONE(?![\w-])", text) if v == "ONE" else _has_word(text, v) for v in variants)}
 
 
 def _ports_in(text: str) -> set[str]:
-    return {code for code, name in PORTS.items() if code in text or name in text}
+    low = text.lower()
+    return {code for code, name in ALL_PORTS.items() if code.lower() in low or name.lower() in low}
+
+
+def _not_departure(email: str, pos: int) -> bool:
+    """A date at `pos` that the email marks as something else: a header, an "On ... wrote:" line, an
+    office-closure note, or an amendment's "(previously ...)"."""
+    start = email.rfind("\n", 0, pos) + 1
+    end = email.find("\n", pos)
+    line = email[start:end if end >= 0 else len(email)]
+    return (line.startswith(("Sent:", "Date:")) or (line.startswith("On ") and line.endswith("wrote:"))
+            or "closed on" in line or "previously" in email[max(0, pos - 15):pos])
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +82,10 @@ def test_constants() -> None:
     assert not set(REQUIRED_FIELDS) & set(OPTIONAL_FIELDS)
     assert set(OPTIONAL_FIELDS) == {"departure_date", "commodity"}
     assert PORTS["CNSHA"] == "Shanghai" and PORTS["NLRTM"] == "Rotterdam" and PORTS["INNSA"] == "Nhava Sheva"
-    assert all(re.fullmatch(r"[A-Z]{5}", c) for c in PORTS)
+    assert len(PORTS) >= 12 and len(CODED_PORTS) >= 20 and not set(PORTS) & set(CODED_PORTS)
+    assert all(re.fullmatch(r"[A-Z]{5}", c) and c[:2] in se.COUNTRIES for c in ALL_PORTS)
+    names = [n.lower() for n in ALL_PORTS.values()]  # no port name inside another: each is unambiguous
+    assert not [(a, b) for a in names for b in names if a != b and a in b]
     assert set(CARRIERS) == set(se.CARRIER_VARIANTS)
     assert CONTAINER_TYPES == ("20GP", "40GP", "40HC", "20RF", "40RF")
 
@@ -88,7 +106,7 @@ def test_booking_schema(examples: list[dict]) -> None:
         b = ex["booking"]
         assert tuple(b) == FIELDS
         assert b["carrier"] in CARRIERS
-        assert b["origin"] in PORTS and b["destination"] in PORTS
+        assert b["origin"] in ALL_PORTS and b["destination"] in ALL_PORTS
         assert b["origin"] != b["destination"]
         assert b["container_type"] in CONTAINER_TYPES
         assert type(b["container_count"]) is int and 1 <= b["container_count"] <= 10
@@ -106,30 +124,34 @@ def test_booking_schema(examples: list[dict]) -> None:
 def test_values_recoverable_and_unambiguous(examples: list[dict]) -> None:
     for ex in examples:
         email, b = ex["email"], ex["booking"]
-        # ports: the code or city of each port appears, and no third port does
+        # ports: the code appears (or, for a PORTS port, the city), and no third port does
+        low = email.lower()
         for key in ("origin", "destination"):
-            assert b[key] in email or PORTS[b[key]] in email, (key, email)
+            code = b[key]
+            assert code.lower() in low or (code in PORTS and PORTS[code].lower() in low), (key, email)
         assert _ports_in(email) == {b["origin"], b["destination"]}, email
         # carrier: exactly the right carrier is named (some known variant)
         assert _carriers_in(email) == {b["carrier"]}, email
-        # departure date: exactly one 2026/27 date, equal to the target, with a cue
-        hits = _dates_in(email)
-        dates = {d for _, d, _ in hits}
-        if b["departure_date"] is None:
-            assert not dates, email
+        # departure date: every 2026/27 date not marked as something else is the target, after a cue
+        departure = dt.date.fromisoformat(b["departure_date"]) if b["departure_date"] else None
+        hits = [(d, pos) for _, d, pos in _dates_in(email)]
+        named = [(d, pos) for d, pos in hits if not _not_departure(email, pos)]
+        assert all(d != departure for d, pos in hits if _not_departure(email, pos)), email
+        if departure is None:
+            assert not named, email
         else:
-            assert str(dt.date.fromisoformat(b["departure_date"]).year) in email
-            assert dates == {dt.date.fromisoformat(b["departure_date"])}, email
-            for _, _, pos in hits:  # a cue word closely precedes the date
+            assert str(departure.year) in email
+            assert named and {d for d, _ in named} == {departure}, email
+            for _, pos in named:  # a cue word closely precedes the date
                 assert any(c in email[max(0, pos - 30):pos].lower() for c in CUES), email
         # commodity: present verbatim iff not null, and no other commodity named
         named = {c for c in se.COMMODITIES if _has_word(email, c)}
         assert named == ({b["commodity"]} if b["commodity"] else set()), email
         # container: size, reefer-ness and high-cube-ness are visible
-        ct, low = b["container_type"], email.lower()
+        ct = b["container_type"]
         assert ct[:2] in email or ("twenty" if ct[:2] == "20" else "forty") in low
-        assert bool("reefer" in low or re.search(r"\b[24]0RF\b", email)) == ct.endswith("RF")
-        assert bool("high cube" in low or re.search(r"\b40HC\b|' HC\b", email)) == (ct == "40HC")
+        assert bool("reefer" in low or re.search(r"(?<!\d)[24]0(?:' )?RF\b", email, re.I)) == ct.endswith("RF")
+        assert bool("high cube" in low or re.search(r"(?<!\d)40(?:' )?H[CQ]\b", email, re.I)) == (ct == "40HC")
         # count: as a digit or a word
         n = b["container_count"]
         word = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")[n - 1]
@@ -154,14 +176,58 @@ def test_variety(examples: list[dict]) -> None:
     assert {ex["booking"]["container_type"] for ex in examples} == set(CONTAINER_TYPES)
     assert len({ex["booking"]["container_count"] for ex in examples}) == 10
     assert len(set(emails)) == len(emails)
+    # the wider variety: forms, threads, amendments, codes outside PORTS, trade synonyms, noise
+    assert sum("POL / POD" in e for e in emails) >= 10
+    assert sum(bool(re.search(r"^On .*wrote:$", e, re.M)) for e in emails) >= 50
+    assert sum(ex["booking"]["origin"] in CODED_PORTS for ex in examples) >= 100
+    assert sum(bool(re.search(r"\b(?:20DV|40DV|40HQ)\b|' (?:DC|HQ|RF)\b", e)) for e in emails) >= 30
+    assert sum(bool(re.search(r"^(?:need|pls book|book) ", e)) for e in emails) >= 5  # all lower case
+    assert sum("closed on" in e for e in emails) >= 10
+    assert sum(bool(re.search(r"Shipper|Consignee", e)) for e in emails) >= 30
+    assert sum(any(c.capitalize() in e for c in se.COMMODITIES) for e in emails) >= 20
+
+
+def _header_date(line: str) -> dt.date:
+    """The date of a forwarded header's "Date:" or "Sent:" line."""
+    label, when = line.split(" ", 1)
+    fmt = "%a, %d %b %Y %H:%M" if label == "Date:" else "%A, %B %d, %Y %I:%M %p"
+    return dt.datetime.strptime(when, fmt).date()
 
 
 def test_forwarded_header_date_is_not_a_departure(examples: list[dict]) -> None:
     fwd = [ex for ex in examples if "Forwarded message" in ex["email"]]
     assert fwd
-    for ex in fwd:
+    for ex in fwd:  # sent 1-60 days before the departure (in 2025 when there is none)
         line = next(ln for ln in ex["email"].splitlines() if ln.startswith(("Date:", "Sent:")))
-        assert "2025" in line and not _dates_in(line)
+        sent, departure = _header_date(line), ex["booking"]["departure_date"]
+        if departure is None:
+            assert sent.year == 2025, line
+        else:
+            assert 1 <= (dt.date.fromisoformat(departure) - sent).days <= 60, (line, departure)
+    assert sum(_header_date(next(ln for ln in ex["email"].splitlines() if ln.startswith(("Date:", "Sent:")))).year
+               >= 2026 for ex in fwd) >= 10  # header dates near the departure, in the same years
+
+
+def _count_of(equipment: str) -> int:
+    """The container count of an equipment phrase: "3 x 40HC", "40' HQ x3", "three 40GP containers"."""
+    m = re.match(r"(\d+) ?x", equipment) or re.search(r"x(\d+)$", equipment)
+    return int(m.group(1)) if m else se._NUM_WORDS.index(equipment.split()[0])
+
+
+def test_amendments_name_the_value_that_holds(examples: list[dict]) -> None:
+    counts = [ex for ex in examples if ex["email"].startswith(("Sorry, small change", "Amendment: the customer"))]
+    dates = [ex for ex in examples if ex["email"].startswith("Amendment to booking")]
+    assert len(counts) >= 15 and len(dates) >= 5
+    for ex in counts:  # new count in the note; the quoted request below still shows the old one
+        note, quoted = ex["email"].split("\n", 1)
+        new, old = re.match(r".*(?:make it|now needs) (.+?)(?: instead of | \(not )(.+?)[.)]", note).groups()
+        assert _count_of(new) == ex["booking"]["container_count"] != _count_of(old), note
+        assert "\n> " in quoted
+    for ex in dates:  # new date after "ETD to", the old one after "previously"
+        note = ex["email"].split("\n", 1)[0]
+        found = [d for _, d in sorted({pos: d for _, d, pos in _dates_in(note)}.items())]  # "May": two formats
+        assert found[0] == dt.date.fromisoformat(ex["booking"]["departure_date"]), note
+        assert "previously" in note and all(d != found[0] for d in found[1:])
 
 
 def test_email_lengths(examples: list[dict]) -> None:
