@@ -1,4 +1,4 @@
-# make quickstart   create .venv, install, run `peftkit quickstart` (train + eval + merge, ~8 min on 2 CPU cores)
+# make quickstart   create .venv, install, run `peftkit quickstart` (train + eval + merge, ~11 min on 2 CPU cores)
 # make test         create .venv, install, run the whole test suite (slow tests included)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
