@@ -24,7 +24,8 @@ def trained_run(recipe: str, model_dir, runs_dir, sets: list[str]):
 @pytest.fixture(scope="module")
 def extraction_run(tiny_llama_dir, tmp_path_factory):
     run = trained_run("quickstart", tiny_llama_dir, tmp_path_factory.mktemp("runs"),
-                      ["data.size=24", "eval.max_examples=4", "eval.batch_size=3", "eval.max_new_tokens=8"])
+                      ["data.size=24", "data.split.val=0.05", "data.split.test=0.2", "eval.max_examples=4", "eval.batch_size=3",
+                       "eval.max_new_tokens=8"])
     evaluate(run, console=QUIET, gate=False, report=False)
     return run
 
