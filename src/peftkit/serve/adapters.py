@@ -104,7 +104,6 @@ class AdapterCache:
         self.served: dict[str, Served] = {}
         self.groups: dict[str, ModelGroup] = {}
         self.resident: OrderedDict[str, None] = OrderedDict()  # adapter names, least recently used first
-        self.refused: dict[str, str] = {}  # name -> reason, for the operator's log
         self._registered = 0
         base = Served(base_name, "base", task=None)
         self.served[base_name] = base
@@ -126,7 +125,6 @@ class AdapterCache:
             raise AdapterRefused(name, f"its run's task is {served.task}, and this is {what}")
         with self.lock:
             self.served[name] = served
-            self.refused.pop(name, None)
         return served
 
     def lookup(self, name: str) -> Served | None:
@@ -201,15 +199,15 @@ class AdapterCache:
 
     def _load(self, served: Served) -> None:
         checked = served.checked
-        weights = load_checked_weights(checked)
         if served.group_key == "base" or served.group_key.startswith("4bit:"):
+            weights = load_checked_weights(checked)
             group = self.groups.get(served.group_key)
             if group is None:
                 group = ModelGroup(served.group_key, self._fresh_base(served), shared=True)
                 self.groups[served.group_key] = group
             group.model = _add_lora(group.model, served.peft_name, checked, weights)
         else:
-            model = self._own_model(served, weights)
+            model = self._own_model(served)
             group = ModelGroup(served.group_key, model, shared=False, via_generate=served.kind in GENERATE_KINDS)
             self.groups[served.group_key] = group
         group.members.add(served.name)
@@ -222,7 +220,8 @@ class AdapterCache:
         task = "classification" if self.classification else "causal"
         return load_base_model(spec, task, served.labels, self.seed, quantization=served.quantization)
 
-    def _own_model(self, served: Served, weights: dict):
+    def _own_model(self, served: Served):
+        """A model of its own: RUN/model for full, the bottleneck tuner's own loader, else peft over a fresh base."""
         checked = served.checked
         if served.kind == "full":
             from peftkit.loading import load_base_model
@@ -235,6 +234,7 @@ class AdapterCache:
             from peftkit.methods.bottleneck import BottleneckModel
 
             return BottleneckModel.from_pretrained(base, checked.folder).eval()
+        weights = load_checked_weights(checked)
         return _add_lora(base, "default", checked, weights) if served.kind in SHARED_KINDS else _peft_model(base, checked, weights)
 
     # ------------------------------------------------------------------ settings from the run

@@ -160,7 +160,6 @@ class Engine:
         self.stopped = threading.Event()
         self.wake = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="peftkit-engine", daemon=True)
-        self.step_count = 0
 
     # ------------------------------------------------------------------ submitting (event loop side)
     def start(self) -> None:
@@ -226,7 +225,6 @@ class Engine:
                 return
 
     def _step(self) -> None:
-        self.step_count += 1
         still: list[Job] = []
         for job in self.waiting:
             if job.cancelled.is_set() or job.expired():
