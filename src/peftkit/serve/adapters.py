@@ -11,12 +11,14 @@ model. Registration never allocates a tensor; loading happens in the engine's wo
 forward ever sees a model being changed.
 
 Which adapters share a batch (a `ModelGroup` is one model object and one forward per step):
-- LoRA (incl. rsLoRA, DoRA, PiSSA/OLoRA saved as LoRA) share the base model: one peft model holding
-  every resident LoRA adapter, rows of a batch pick theirs with peft's `adapter_names` ("__base__"
-  for the base). QLoRA adapters share a 4-bit base loaded as their training loaded it, so that what
-  is served is what was evaluated; their own group.
-- IA3, LoHa, LoKr, bottleneck adapters and fully fine-tuned models each run on their own copy of
-  the model (peft cannot mix them per row); a copy costs the base's weights again.
+- LoRA (incl. rsLoRA, and PiSSA/OLoRA saved as plain LoRA) shares the base model: one peft model
+  holding every resident LoRA adapter; rows of a batch pick theirs through the engine's LoRA step
+  (serve/lora_batch.py stacks the adapters per layer; with `--lora-step peft`, peft's `adapter_names`,
+  "__base__" for the base). QLoRA adapters share a 4-bit base loaded as their training loaded it, so
+  that what is served is what was evaluated; their own group (stepped with peft's `adapter_names`).
+- DoRA (its magnitude vector rescales each row's whole weight), IA3, LoHa, LoKr, bottleneck adapters
+  and fully fine-tuned models each run on their own copy of the model (peft cannot mix them per
+  row); a copy costs the base's weights again.
 - Prefix and prompt tuning add virtual tokens inside peft's `generate`; they run one request at a
   time through it (`ModelGroup.via_generate`).
 Classification servers (an encoder base) give every adapter its own classifier, sized for its labels.
@@ -78,6 +80,7 @@ class ModelGroup:
     shared: bool  # rows carry adapter names (peft's mixed-adapter batch)
     via_generate: bool = False
     members: set[str] = field(default_factory=set)
+    version: int = 0  # bumped on every load and unload: the batched LoRA step rebuilds its stacks lazily from it
 
 
 class AdapterCache:
@@ -192,6 +195,7 @@ class AdapterCache:
                     group.model.set_adapter(remaining[0])
                 else:  # no adapter left: back to the plain base (peft's forward needs an active adapter)
                     group.model = group.model.unload()
+        group.version += 1
         if not group.members:  # an own-model group, or an empty 4-bit base: free its weights
             del self.groups[served.group_key]
         served.loaded_at = None
@@ -211,6 +215,7 @@ class AdapterCache:
             group = ModelGroup(served.group_key, model, shared=False, via_generate=served.kind in GENERATE_KINDS)
             self.groups[served.group_key] = group
         group.members.add(served.name)
+        group.version += 1
         served.loaded_at = time.monotonic()
 
     def _fresh_base(self, served: Served):

@@ -1,27 +1,36 @@
 """The serving engine: one worker thread runs the model, request handlers submit jobs and read events.
 
-    engine = Engine(cache, tokenizer, stop_ids, max_batch=8, max_queue=64)
+    engine = Engine(cache, tokenizer, stop_ids, max_batch=8, max_queue=64, max_step_tokens=512)
     engine.start()
     job = engine.submit_generate(served, prompt_ids, SamplingParams(max_tokens=64), loop)  # raises QueueFull
     async for event in job.events(): ...        # Token(text) ... Done(finish_reason, usage) | Failed(status, message)
 
-Scheduling (continuous at the decode step): every step the worker
+Continuous batching: requests join and leave between steps, never waiting for a batch's longest
+request. Every step the worker
 1. runs control jobs (load/unload an adapter) and classification jobs;
 2. admits waiting requests while fewer than `max_batch` sequences run: it makes the request's adapter
-   resident (`AdapterCache.ensure_resident`; a request whose adapter cannot get a slot waits) and
-   prefills its prompt alone, which yields its first token;
-3. decodes one token for every running sequence, one forward per model group: the group's
-   sequences' KV caches are left-padded to the longest into one batch (attention mask and
-   position ids say where each starts), rows name their adapter with peft's `adapter_names`, and
-   each sequence keeps its own cache again afterwards (the new position is appended to it);
-4. samples (greedy at temperature 0; seeded per request), detokenizes incrementally, checks stop
+   resident (`AdapterCache.ensure_resident`; a request whose adapter cannot get a slot waits) and gives
+   it a slot of the KV pool;
+3. decodes one token for every sequence past its prompt, one forward per model group;
+4. prefills waiting prompts with the step's remaining token budget (`max_step_tokens` minus the decoding
+   rows): a long prompt is prefilled in chunks over several steps, interleaved with the decoding of
+   the others; the chunk that ends a prompt yields its first token;
+5. samples (greedy at temperature 0; seeded per request), detokenizes incrementally, checks stop
    tokens and stop strings, and sends the new text to the request; a finished, cancelled or timed
    out request leaves at once and frees its slot.
+
+The KV cache is preallocated (`KVPool`): per layer, keys and values of [max_batch, kv_heads, context,
+head_dim] (what `peftkit plan --serve` counts), one slot per running sequence. A forward writes its new
+positions into its rows' slots and attends over the slots up to the longest row (a 4D mask says which
+positions each row sees), so no sequence's cache is copied or re-padded between steps.
+
+The LoRA step of the shared group (LoRA adapters over one base) is `lora_step`: "batched" stacks the
+resident adapters per layer and gathers each row's (serve/lora_batch.py); "peft" passes peft's
+`adapter_names`, which loops over a batch's distinct adapters in every layer. Groups `LoraBatch` cannot
+stack (4-bit QLoRA layers) use peft's step either way. With `mix_adapters=False` a batch only holds
+requests of one adapter (how llama.cpp's server batches), for comparison in benchmarks/serve_bench.py.
 Prefix/prompt-tuning adapters add virtual tokens inside peft's `generate`, so their requests run one
 at a time through it (still streamed, stoppable and cancellable).
-
-The mixed-adapter step is peft's `adapter_names` (it loops over the distinct adapters of a batch in
-every LoRA layer); `_decode_group` is the one place a faster batched LoRA step replaces it.
 """
 
 from __future__ import annotations
@@ -34,8 +43,12 @@ import uuid
 from dataclasses import dataclass, field
 
 import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 from peftkit.serve.adapters import BASE, AdapterCache, Served
+from peftkit.serve.lora_batch import LoraBatch
+
+LORA_STEPS = ("batched", "peft")
 
 
 class QueueFull(Exception):
@@ -111,8 +124,8 @@ class GenerateJob(Job):
         self.params = params
         self.generated: list[int] = []
         self.started = False  # left the queue and holds its adapter (served.running counts it)
-        self.past: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per layer: [1, kv_heads, len, head_dim]
-        self.length = 0  # tokens in `past`
+        self.slot: int | None = None  # its rows in the KV pool while it runs
+        self.length = 0  # tokens written to its slot (prompt first, in chunks; then one per decoded token)
         self.sent = 0  # characters of the decoded answer already sent
         self.generator: torch.Generator | None = None
         if params.seed is not None:
@@ -139,10 +152,24 @@ class Result:
 
 
 class Engine:
-    """The worker thread and its queues. Handlers call `submit_*` from the event loop."""
+    """The worker thread and its queues. Handlers call `submit_*` from the event loop.
+
+    Args:
+        max_batch: sequences running at once (slots of the KV pool).
+        context: tokens per sequence (prompt + output), the KV pool's length.
+        max_step_tokens: tokens one step may process: decoding rows (one each) plus prefill chunks.
+        lora_step: "batched" (serve/lora_batch.py) or "peft" (peft's `adapter_names`).
+        mix_adapters: False lets a batch hold one adapter's requests only (a baseline for benchmarks).
+    """
 
     def __init__(self, cache: AdapterCache, tokenizer, stop_ids: set[int], max_batch: int = 8, max_queue: int = 64,
-                 context: int = 2048, timeout: float | None = 300.0, metrics=None):
+                 context: int = 2048, timeout: float | None = 300.0, metrics=None, max_step_tokens: int = 512,
+                 lora_step: str = "batched", mix_adapters: bool = True):
+        if lora_step not in LORA_STEPS:
+            raise ValueError(f"lora_step {lora_step!r}: expected one of {', '.join(LORA_STEPS)}")
+        if max_step_tokens <= max_batch:
+            raise ValueError(f"max_step_tokens {max_step_tokens} must exceed max_batch {max_batch} "
+                             "(every decoding row takes one token of a step; prefill needs the rest)")
         self.cache = cache
         self.tokenizer = tokenizer
         self.stop_ids = set(stop_ids)
@@ -151,6 +178,11 @@ class Engine:
         self.context = context
         self.timeout = timeout
         self.metrics = metrics
+        self.max_step_tokens = max_step_tokens
+        self.lora_step = lora_step
+        self.mix_adapters = mix_adapters
+        self.pool = KVPool(max_batch, context)
+        self.lora: dict[str, tuple[object, int, LoraBatch | None]] = {}  # group key -> (model, version, its step)
         self.inbox: queue.Queue = queue.Queue()
         self.waiting: list[Job] = []  # admitted by the worker in arrival order
         self.running: list[GenerateJob] = []
@@ -210,9 +242,8 @@ class Engine:
                 self._step()
             except Exception as exc:  # a bug must not hang clients: fail what is in flight and go on
                 message = f"internal error in the engine: {type(exc).__name__}: {exc}"
-                for job in self.running:
-                    self._finish_failed(job, Failed(500, message))
-                self.running = []
+                for job in list(self.running):
+                    self._retire(job, Failed(500, message))
                 import traceback
 
                 traceback.print_exc()
@@ -235,15 +266,23 @@ class Engine:
                 self._run_control(job)
             elif isinstance(job, ClassifyJob):
                 self._run_classify(job)
-            elif len(self.running) < self.max_batch and self._admitted(job):
+            elif len(self.running) < self.max_batch and self._may_join(job) and self._admitted(job):
                 pass
             else:
                 still.append(job)
         self.waiting = still
-        if self.running:
-            self._decode()
+        decoding = [j for j in self.running if j.generated]
+        if decoding:
+            self._decode(decoding)
+        prefilling = [j for j in self.running if not j.generated]
+        if prefilling:
+            self._prefill(prefilling, self.max_step_tokens - len(decoding))
         if self.metrics is not None:
             self.metrics.observe_engine(self)
+
+    def _may_join(self, job: GenerateJob) -> bool:
+        """Whether `job` may join the running batch: always, unless batches hold one adapter each."""
+        return self.mix_adapters or not self.running or self.running[0].served is job.served
 
     def _leave_queue(self, job: Job) -> None:
         if not isinstance(job, ControlJob):
@@ -271,7 +310,7 @@ class Engine:
         except Exception as exc:
             job.send(Failed(500, f"classification failed: {type(exc).__name__}: {exc}"))
 
-    # ------------------------------------------------------------------ prefill
+    # ------------------------------------------------------------------ admission and prefill
     def _admitted(self, job: GenerateJob) -> bool:
         """Admit `job` (True), or leave it waiting for a slot (False); a failure ends that request alone."""
         try:
@@ -280,14 +319,12 @@ class Engine:
             import traceback
 
             traceback.print_exc()
-            if job in self.running:
-                self.running.remove(job)
             if job.started:
-                job.served.running -= 1
+                self._retire(job, Failed(500, f"could not start the request on '{job.served.name}': "
+                                              f"{type(exc).__name__}: {exc}"))
             else:
                 self._leave_queue(job)
-            job.past = None
-            job.send(Failed(500, f"could not start the request on '{job.served.name}': {type(exc).__name__}: {exc}"))
+                job.send(Failed(500, f"could not start the request on '{job.served.name}': {type(exc).__name__}: {exc}"))
             return True
 
     def _admit(self, job: GenerateJob) -> bool:
@@ -300,58 +337,82 @@ class Engine:
         if group.via_generate:
             self._generate_alone(job, group)
             return True
-        ids = torch.tensor([job.prompt_ids], device=_device(group.model))
-        out = self._forward(group, ids, None, None, None, [job.served])
-        job.past = _layers(out.past_key_values)
-        job.length = len(job.prompt_ids)
-        self.running.append(job)
-        self._accept(job, out.logits[:, -1, :])
+        job.slot = self.pool.acquire()
+        self.running.append(job)  # its prompt is prefilled by the next steps, in chunks
         return True
 
+    def _prefill(self, jobs: list[GenerateJob], budget: int) -> None:
+        """Prefill the next chunk of each waiting prompt, oldest first, within `budget` tokens."""
+        for job in jobs:
+            if budget <= 0:
+                return
+            if job.cancelled.is_set() or job.expired():
+                self._retire(job, None if job.cancelled.is_set() else
+                             Failed(504, f"request took longer than the server's timeout ({self.timeout:g} s)", "timeout"))
+                continue
+            chunk = job.prompt_ids[job.length : job.length + budget]
+            budget -= len(chunk)
+            group = self.cache.groups[job.served.group_key]
+            ids = torch.tensor([chunk], device=_device(group.model))  # [1, chunk]
+            logits = self._forward(group, ids, [job])
+            job.length += len(chunk)
+            if job.length == len(job.prompt_ids):
+                self._accept(job, logits[:, -1, :])
+
     # ------------------------------------------------------------------ decode
-    def _decode(self) -> None:
+    def _decode(self, jobs: list[GenerateJob]) -> None:
         groups: dict[str, list[GenerateJob]] = {}
-        for job in self.running:
+        for job in sorted(jobs, key=lambda j: j.slot):  # rows in slot order: adjacent slots are read without a copy
             groups.setdefault(job.served.group_key, []).append(job)
-        for key, jobs in groups.items():
-            self._decode_group(self.cache.groups[key], jobs)
+        for key, members in groups.items():
+            self._decode_group(self.cache.groups[key], members)
 
     def _decode_group(self, group, jobs: list[GenerateJob]) -> None:
-        """One forward for every sequence of `group`: the last token of each, their caches left-padded."""
-        device = _device(group.model)
-        longest = max(j.length for j in jobs)
-        ids = torch.tensor([[j.generated[-1]] for j in jobs], device=device)  # [batch, 1]
-        mask = torch.zeros(len(jobs), longest + 1, dtype=torch.long, device=device)  # [batch, longest + 1]
-        for row, j in enumerate(jobs):
-            mask[row, longest - j.length :] = 1
-        positions = torch.tensor([[j.length] for j in jobs], device=device)  # [batch, 1]
-        layers = []
-        for layer in range(len(jobs[0].past)):
-            keys = [_pad_left(j.past[layer][0], longest) for j in jobs]
-            values = [_pad_left(j.past[layer][1], longest) for j in jobs]
-            layers.append((torch.cat(keys), torch.cat(values)))  # [batch, kv_heads, longest, head_dim]
-        from transformers import DynamicCache
-
-        out = self._forward(group, ids, mask, positions, DynamicCache(ddp_cache_data=layers), [j.served for j in jobs])
-        new = _layers(out.past_key_values)
-        for row, j in enumerate(jobs):
-            # keep each sequence's own cache: its old positions plus the one just computed
-            j.past = [(torch.cat([k0, k[row : row + 1, :, -1:]], dim=2), torch.cat([v0, v[row : row + 1, :, -1:]], dim=2))
-                      for (k0, v0), (k, v) in zip(j.past, new)]
+        """One forward for every sequence of `group`: the last token of each, at its own position in its slot."""
+        ids = torch.tensor([[j.generated[-1]] for j in jobs], device=_device(group.model))  # [batch, 1]
+        logits = self._forward(group, ids, jobs)
+        for j in jobs:
             j.length += 1
-        logits = out.logits[:, -1, :]  # [batch, vocab]
         for row, j in enumerate(jobs):
-            self._accept(j, logits[row : row + 1])
+            self._accept(j, logits[row : row + 1, -1, :])
 
-    def _forward(self, group, ids, mask, positions, past, served: list[Served]):
-        kwargs = {"input_ids": ids, "use_cache": True}
-        if mask is not None:
-            kwargs.update(attention_mask=mask, position_ids=positions, past_key_values=past)
+    def _forward(self, group, ids: torch.Tensor, jobs: list[GenerateJob]) -> torch.Tensor:
+        """Run `ids` [rows, tokens] for `jobs` (row i continues job i at its `length`); returns the logits."""
+        device = ids.device
+        rows, tokens = ids.shape
+        starts = [j.length for j in jobs]
+        past = SlotCache(self.pool, [j.slot for j in jobs], starts, tokens, device)
+        positions = torch.tensor(starts, device=device).unsqueeze(1) + torch.arange(tokens, device=device)  # [rows, tokens]
+        kwargs = {"input_ids": ids, "position_ids": positions, "past_key_values": past, "use_cache": True,
+                  "attention_mask": _slot_mask(positions, past.kv_len, _attention(group.model))}
+        lora = self._lora_step(group)
+        if lora is not None:
+            index = lora.index([None if j.served.kind == "base" else j.served.peft_name for j in jobs], tokens, device)
+            with lora.step(index):
+                return group.model(**kwargs).logits
         from peft import PeftModel
 
         if group.shared and isinstance(group.model, PeftModel):
-            kwargs["adapter_names"] = [BASE if s.kind == "base" else s.peft_name for s in served]
-        return group.model(**kwargs)
+            kwargs["adapter_names"] = [BASE if j.served.kind == "base" else j.served.peft_name for j in jobs]
+        return group.model(**kwargs).logits
+
+    def _lora_step(self, group) -> LoraBatch | None:
+        """The batched LoRA step of a shared group when `lora_step` is "batched" and its layers can be stacked;
+        rebuilt lazily when the group's model or adapters change (`ModelGroup.version`)."""
+        from peft import PeftModel
+
+        if self.lora_step != "batched" or not group.shared or not isinstance(group.model, PeftModel):
+            return None
+        model, version, lora = self.lora.get(group.key, (None, -1, None))
+        if model is not group.model or version != group.version:
+            if LoraBatch.supported(group.model):
+                lora = lora or LoraBatch()
+                lora.sync(group.model, group.version, capacity=self.cache.max_adapters)
+            elif lora is not None:
+                lora.release()  # an adapter it cannot stack arrived: peft's own forward again
+                lora = None
+            self.lora[group.key] = (group.model, group.version, lora)
+        return lora
 
     # ------------------------------------------------------------------ sampling, stopping, streaming
     def _accept(self, job: GenerateJob, logits: torch.Tensor) -> None:
@@ -403,6 +464,13 @@ class Engine:
         return None
 
     def _retire(self, job: GenerateJob, finish) -> None:
+        """Free the job's slot and leave the batch, then send its last event (a client that reads it sees the slot free)."""
+        if job.slot is not None:
+            self.pool.release(job.slot)
+            job.slot = None
+        job.served.running -= 1
+        if job in self.running:
+            self.running.remove(job)
         if isinstance(finish, str):
             self._send_text(job, final=True)  # what was held back; a stop string found earlier still ends it
             job.send(Done(finish, len(job.prompt_ids), len(job.generated)))
@@ -410,15 +478,6 @@ class Engine:
                 self.metrics.finished(job.served.name, len(job.generated), time.monotonic() - job.created)
         elif isinstance(finish, Failed):
             job.send(finish)
-        job.past = None
-        job.served.running -= 1
-        if job in self.running:
-            self.running.remove(job)
-
-    def _finish_failed(self, job: GenerateJob, failure: Failed) -> None:
-        job.send(failure)
-        job.served.running -= 1
-        job.past = None
 
     # ------------------------------------------------------------------ prefix / prompt tuning
     def _generate_alone(self, job: GenerateJob, group) -> None:
@@ -484,16 +543,119 @@ def _sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Gener
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
-def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+class KVPool:
+    """The preallocated KV cache: per layer, keys and values of [slots, kv_heads, context, head_dim].
+
+    One slot per running sequence (`max_batch` of them), allocated on first use for each dtype the
+    model groups compute in (a 4-bit group computes in its own dtype); `peftkit plan --serve` counts
+    the same bytes (KV cache for max_batch x context tokens)."""
+
+    def __init__(self, slots: int, context: int):
+        self.slots = slots
+        self.context = context
+        self.free = list(range(slots))
+        self.buffers: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # (dtype, device) -> per layer
+
+    def acquire(self) -> int:
+        return self.free.pop(0)
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)
+        self.free.sort()
+
+    def layer(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `index`'s buffers for tensors like `keys` [rows, kv_heads, tokens, head_dim] (allocated once)."""
+        layers = self.buffers.setdefault((keys.dtype, keys.device), [])
+        while len(layers) <= index:
+            layers.append(None)
+        if layers[index] is None:
+            k = keys.new_zeros(self.slots, keys.shape[1], self.context, keys.shape[3])
+            v = values.new_zeros(self.slots, values.shape[1], self.context, values.shape[3])
+            layers[index] = (k, v)
+        return layers[index]
+
+    def nbytes(self) -> int:
+        return sum(t.nbytes for layers in self.buffers.values() for pair in layers if pair for t in pair)
 
 
-def _pad_left(t: torch.Tensor, length: int) -> torch.Tensor:
-    """[1, heads, n, dim] -> [1, heads, length, dim], zeros first (masked out by the attention mask)."""
-    missing = length - t.shape[2]
-    if missing == 0:
-        return t
-    return torch.cat([t.new_zeros(t.shape[0], t.shape[1], missing, t.shape[3]), t], dim=2)
+class SlotCache(Cache):
+    """A transformers `Cache` over the pool for one forward: row i writes its new tokens into slot `slots[i]`
+    at `starts[i]`..`starts[i] + tokens` and reads the slot's first `kv_len` positions (the mask hides the
+    positions that are not its own)."""
+
+    def __init__(self, pool: KVPool, slots: list[int], starts: list[int], tokens: int, device):
+        self.pool = pool
+        self.slots = slots
+        self.starts = starts
+        self.tokens = tokens
+        self.kv_len = max(starts) + tokens
+        first = slots[0]
+        self.adjacent = slots == list(range(first, first + len(slots)))  # read as a view, no gather
+        self.slot_index = torch.tensor(slots, device=device)
+        self.start_index = torch.tensor(starts, device=device)
+        super().__init__(layers=[_SlotLayer(self, i) for i in range(_layer_count(pool, device))])
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        while len(self.layers) <= layer_idx:  # the first forward tells how many layers there are
+            self.layers.append(_SlotLayer(self, len(self.layers)))
+        return self.layers[layer_idx].update(key_states, value_states)
+
+
+class _SlotLayer(CacheLayerMixin):
+    is_sliding = False
+
+    def __init__(self, cache: SlotCache, index: int):
+        super().__init__()
+        self.cache = cache
+        self.index = index
+
+    def lazy_initialization(self, key_states, value_states) -> None:
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Write [rows, kv_heads, tokens, head_dim] into the rows' slots; return their [rows, kv_heads, kv_len, head_dim]."""
+        c = self.cache
+        keys, values = c.pool.layer(self.index, key_states, value_states)
+        if c.tokens == 1:  # decode: one position per row, each at its own length
+            keys[c.slot_index, :, c.start_index] = key_states[:, :, 0]
+            values[c.slot_index, :, c.start_index] = value_states[:, :, 0]
+        else:
+            for row, (slot, start) in enumerate(zip(c.slots, c.starts)):
+                keys[slot, :, start : start + c.tokens] = key_states[row]
+                values[slot, :, start : start + c.tokens] = value_states[row]
+        if c.adjacent:
+            first = c.slots[0]
+            return keys[first : first + len(c.slots), :, : c.kv_len], values[first : first + len(c.slots), :, : c.kv_len]
+        return keys[c.slot_index, :, : c.kv_len], values[c.slot_index, :, : c.kv_len]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.cache.kv_len, 0
+
+    def get_seq_length(self) -> int:
+        return self.cache.kv_len - self.cache.tokens
+
+    def get_max_length(self) -> int:
+        return self.cache.pool.context
+
+
+def _layer_count(pool: KVPool, device) -> int:
+    for (dtype, where), layers in pool.buffers.items():
+        if where == device:
+            return len(layers)
+    return 0
+
+
+def _slot_mask(positions: torch.Tensor, kv_len: int, implementation: str) -> torch.Tensor:
+    """The 4D attention mask [rows, 1, tokens, kv_len]: a token at position p sees its slot's positions 0..p."""
+    seen = torch.arange(kv_len, device=positions.device) <= positions.unsqueeze(-1)  # [rows, tokens, kv_len]
+    mask = seen.unsqueeze(1)
+    if implementation == "eager":  # eager attention adds the mask to the scores
+        return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+    return mask  # sdpa: True where attending
+
+
+def _attention(model) -> str:
+    return getattr(model.config, "_attn_implementation", None) or "sdpa"
 
 
 def _device(model) -> torch.device:
