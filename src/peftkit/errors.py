@@ -57,3 +57,21 @@ class ExportError(PeftkitError):
 
 class KeysFileError(PeftkitError):
     """A `peftkit serve --keys` file is unreadable or malformed (names the file, the entry `keys[i]` and the field)."""
+
+
+class RegistryError(PeftkitError):
+    """A registry reference, version, alias or gate is not what a registry command needs (names it)."""
+
+
+class TamperError(RegistryError):
+    """A stored file, signature, provenance or audit entry no longer matches what was recorded: names the file
+    (or the audit entry's position), both hashes, and what to do."""
+
+
+class ResumeError(RunDirError):
+    """`peftkit train --resume RUN` cannot continue RUN as asked: a recipe field or the process count differs from
+    the run's, the run has finished, or a checkpoint is damaged (names the field, file or count)."""
+
+
+class TrainingInterrupted(PeftkitError):
+    """Training stopped on SIGTERM after saving a checkpoint; the message says where and how to resume."""

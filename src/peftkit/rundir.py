@@ -7,6 +7,7 @@
       model/           full fine-tuning instead of adapter/: the whole model (safetensors + tokenizer)
       merged/          merged model (safetensors), after `peftkit merge`
       metrics.json     {"train": …, "base": …, "tuned": …, "merge": …}
+      lineage.json     sha256 of base weights, data, recipe, adapter; library versions; seed (after training)
       train.log        one line per logged training step
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from peftkit.errors import RunDirError
 from peftkit.recipe import Recipe, dump_recipe, load_recipe
+from peftkit.registry.lineage import build_lineage, portable_base_name
 
 
 def new_run_dir(recipe: Recipe) -> Path:
@@ -60,6 +62,21 @@ def update_metrics(run_dir: Path, **sections: dict) -> dict:
     tmp.write_text(json.dumps(metrics, indent=2, default=float), encoding="utf-8")
     os.replace(tmp, run_dir / "metrics.json")
     return metrics
+
+
+def write_lineage(run_dir: Path, recipe: Recipe) -> Path:
+    """After training: name the base portably in adapter_config.json, then write lineage.json (see
+    peftkit.registry.lineage), so the adapter's sha256 there is that of the file as it stays."""
+    config_path = run_dir / "adapter" / "adapter_config.json"
+    portable = portable_base_name(recipe.model.name)
+    if config_path.is_file() and portable is not None:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = portable  # peft wrote this machine's folder of the base
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp = run_dir / "lineage.json.tmp"
+    tmp.write_text(json.dumps(build_lineage(run_dir, recipe), indent=2), encoding="utf-8")
+    os.replace(tmp, run_dir / "lineage.json")
+    return run_dir / "lineage.json"
 
 
 def dir_bytes(path: Path) -> int:

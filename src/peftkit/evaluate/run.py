@@ -42,6 +42,7 @@ from peftkit.data.records import to_prompt_completion
 from peftkit.errors import DataError, RecipeError
 from peftkit.evaluate.metrics import classification_scores, extraction_scores, generation_scores
 from peftkit.recipe import EarlyStoppingSpec, load_recipe
+from peftkit.registry.verify import check_trained_files
 from peftkit.resources import peak_memory
 from peftkit.rundir import open_run, require, update_metrics
 
@@ -76,6 +77,7 @@ def evaluate(run_dir: str | Path, console: Console | None = None, overrides: lis
     require(run_dir, artifact_name(method), "train")
     prepared = load_prepared(run_dir / "data")
     if data is None:
+        check_trained_files(run_dir, ("test",))  # refuse a test split or adapter changed since training
         rows = read_split(prepared.data_dir, "test")[: recipe.eval.max_examples]
     else:
         rows, data_source = read_labelled(Path(data), recipe, prepared)

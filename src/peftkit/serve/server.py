@@ -49,6 +49,9 @@ class ServeOptions:
     timeout: float = 300.0
     force: bool = False
     seed: int = 42
+    max_step_tokens: int = 512  # tokens one engine step processes: decoding rows + prefill chunks
+    lora_step: str = "batched"  # "batched" (stacked adapters, serve/lora_batch.py) or "peft" (adapter_names)
+    mix_adapters: bool = True  # False: a batch holds one adapter's requests only (a benchmark baseline)
 
 
 @dataclass
@@ -66,6 +69,7 @@ def build_server(options: ServeOptions, console: Console | None = None) -> Serve
     from peftkit.data.template import stop_token_ids
     from peftkit.loading import load_base_model, load_tokenizer
     from peftkit.recipe import ModelSpec
+    from peftkit.registry.load import is_registry_source, load_registered
     from peftkit.serve.adapters import AdapterCache
     from peftkit.serve.app import create_app
     from peftkit.serve.auth import load_keys
@@ -73,6 +77,7 @@ def build_server(options: ServeOptions, console: Console | None = None) -> Serve
     from peftkit.serve.metrics import ServerMetrics
 
     console = console or Console(stderr=True)
+    _check_engine_options(options)
     keys = load_keys(options.keys)
     for warning in getattr(keys, "warnings", ()):
         console.print(f"[yellow]{warning}[/yellow]")
@@ -85,6 +90,7 @@ def build_server(options: ServeOptions, console: Console | None = None) -> Serve
     source = resolve_model(options.base)
     classification = not _is_causal_lm(source)
     if not classification:
+        _check_attention(source, options.context)
         _check_memory(options, console)
     else:
         console.print("plan: classification servers are not planned (an encoder with one classifier per adapter)")
@@ -98,6 +104,8 @@ def build_server(options: ServeOptions, console: Console | None = None) -> Serve
     refused: dict[str, str] = {}
     for name, where in options.adapters.items():
         try:
+            if is_registry_source(where):  # registry:NAME@ALIAS: verified (hashes, signature, base) and audited
+                where = load_registered(where, options.base, served_as=name)
             served = cache.register(name, where)
             if len(cache.resident) < options.max_adapters:
                 cache.ensure_resident(served)
@@ -107,7 +115,9 @@ def build_server(options: ServeOptions, console: Console | None = None) -> Serve
             console.print(f"[red]refused {exc}[/red]")
     metrics = ServerMetrics()
     engine = Engine(cache, tokenizer, stop_token_ids(tokenizer, source), max_batch=options.max_batch,
-                    max_queue=options.max_queue, context=options.context, timeout=options.timeout, metrics=metrics)
+                    max_queue=options.max_queue, context=options.context, timeout=options.timeout, metrics=metrics,
+                    max_step_tokens=options.max_step_tokens, lora_step=options.lora_step,
+                    mix_adapters=options.mix_adapters)
     engine.start()
     return Server(options, create_app(engine, keys, metrics), engine, refused)
 
@@ -132,6 +142,28 @@ def run_server(server: Server, console: Console | None = None) -> None:
         GracefulServer(config).run()
     finally:
         engine.stop()
+
+
+def _check_engine_options(options: ServeOptions) -> None:
+    from peftkit.serve.engine import LORA_STEPS
+
+    if options.lora_step not in LORA_STEPS:
+        raise ServeError(f"--lora-step {options.lora_step}: expected one of {', '.join(LORA_STEPS)}")
+    if options.max_step_tokens <= options.max_batch:
+        raise ServeError(f"--max-step-tokens {options.max_step_tokens}: must exceed --max-batch {options.max_batch} "
+                         "(each decoding sequence takes one token of a step; prompts are prefilled with the rest)")
+
+
+def _check_attention(source: str, context: int) -> None:
+    """The engine's KV pool attends over whole slots: refuse sliding-window layers shorter than the context."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source)
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None) or []
+    if window and window < context and (not types or "sliding_attention" in types):
+        raise ServeError(f"{source}: sliding-window attention of {window} tokens; the server attends over whole "
+                         f"sequences, so give --context {window} or less")
 
 
 def _is_causal_lm(source: str) -> bool:
