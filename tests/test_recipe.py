@@ -53,7 +53,7 @@ def test_unknown_target_preset_rejected():
 
 def test_dump_fills_every_default():
     text = dump_recipe(load_recipe(MINIMAL))
-    for key in ("batch_size: 8", "lr: 0.0002", "r: 16", "target_modules: all-linear", "runs_dir: runs", "max_length: 512"):
+    for key in ("batch_size: 8", "lr: auto", "epochs: auto", "class_weights: auto", "r: 16", "target_modules: all-linear", "runs_dir: runs", "max_length: 512"):
         assert key in text
     assert load_recipe(__import__("yaml").safe_load(text)) == load_recipe(MINIMAL)
 

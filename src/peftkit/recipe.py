@@ -273,8 +273,10 @@ def method_kinds() -> list[str]:
 class EarlyStoppingSpec(Spec):
     """Stop when validation loss stops improving; the best checkpoint (lowest val loss) is the adapter kept."""
 
-    patience: int | None = Field(
-        None, gt=0, description="Validation rounds without improvement before stopping; null = off. Needs train.eval_every > 0."
+    patience: Annotated[int, Field(gt=0)] | Literal["auto"] | None = Field(
+        "auto", description="Validation rounds without improvement before stopping; null = off. Needs train.eval_every > 0. "
+        "auto: on (patience 2, checked twice per epoch) when train.epochs is auto and chose more than one pass "
+        "over a training split with a validation split; off otherwise (train.log says which)."
     )
     min_delta: float = Field(0.0, ge=0.0, description="A val-loss drop smaller than this does not count as an improvement.")
     general_loss_increase: float | None = Field(
@@ -286,11 +288,16 @@ class EarlyStoppingSpec(Spec):
 
 
 class TrainSpec(Spec):
-    epochs: float = Field(1.0, gt=0, description="Passes over the training split (ignored when max_steps > 0).")
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="Passes over the training split (ignored when max_steps > 0). auto: about 2,000 "
+        "(classification) or 1,000 (causal LM) training examples seen, 1 to 10 passes, with early stopping when "
+        "more than one (peftkit.train.schedule; train.log says what was chosen and why).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1 means use epochs.")
     batch_size: int = Field(8, gt=0)
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="Peak learning rate. auto: by task and method, e.g. 1e-3 for LoRA on a classifier, 2e-4 "
+        "for LoRA on a causal LM (peftkit.train.schedule).")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
     scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
@@ -298,6 +305,12 @@ class TrainSpec(Spec):
     log_every: int = Field(5, gt=0, description="Log the training loss every N steps.")
     seed: int = 42
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: torch's choice.")
+    checkpoint_every: int = Field(
+        50, ge=0, description="Save a resumable checkpoint (adapter, optimizer, scheduler, RNG of every process, "
+        "step) every N optimizer steps under RUN/checkpoints, and on SIGTERM; 0 = on SIGTERM only. Continue a run "
+        "with `peftkit train --resume RUN`.",
+    )
+    keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept (the newest); older ones are deleted.")
     # Speed and memory (issue 7). `auto` picks per device and the run log says what was chosen and why.
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto",
@@ -337,6 +350,13 @@ class TrainSpec(Spec):
             return "on" if v else "off"
         return v
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
+    class_weights: Literal["auto", "inverse", "off"] | dict[str, float] = Field(
+        "auto",
+        description="Classification loss weight per class. inverse: inverse frequency in the training split "
+        "(each class weighs as much in total; mean weight 1). auto: inverse when the commonest class has at "
+        "least 1.5x the examples of the rarest, else off. off: plain cross-entropy. A mapping {label: weight} "
+        "sets them by hand (every label of the data must be given).",
+    )
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = Field(
         "adamw",
         description="adamw: torch AdamW; adamw_8bit: bitsandbytes 8-bit states; paged_*: states in paged memory "

@@ -9,7 +9,8 @@ from peftkit.train.callbacks import GeneralLossCallback, early_stopping_args
 
 
 def test_early_stopping_needs_validation_rounds():
-    assert early_stopping_args(TrainSpec(), has_val=True) == {}  # off by default: nothing changes
+    assert early_stopping_args(TrainSpec(early_stopping={"patience": None}), has_val=True) == {}  # off: nothing changes
+    assert early_stopping_args(TrainSpec(), has_val=True) == {}  # auto, not yet resolved (train.schedule): off here
     with pytest.raises(RecipeError, match="train.eval_every > 0"):
         early_stopping_args(TrainSpec(early_stopping={"patience": 2}), has_val=True)
     with pytest.raises(RecipeError, match="validation split is empty"):

@@ -14,7 +14,7 @@ def test_each_choice_builds_and_steps_through_transformers(choice, tmp_path):
     from transformers import Trainer, TrainingArguments
 
     model = torch.nn.Linear(128, 64)  # 8192 weights: above bitsandbytes' 4096 minimum for 8-bit states
-    args = TrainingArguments(**{**trainer_kwargs(TrainSpec(optimizer=choice), tmp_path, has_val=False), "use_cpu": True})
+    args = TrainingArguments(**{**trainer_kwargs(TrainSpec(optimizer=choice, lr=1e-3, epochs=1), tmp_path, has_val=False), "use_cpu": True})
     assert args.optim.value == OPTIMIZERS[choice]
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     optimizer = optimizer_cls(model.parameters(), **kwargs)

@@ -81,7 +81,7 @@ def early_stopping_args(spec: TrainSpec, has_val: bool) -> dict:
     best and the latest, and loads the best back at the end, so RUN/adapter is the best adapter.
     """
     es = spec.early_stopping
-    if es.patience is None:
+    if not isinstance(es.patience, int):  # None (off) or an unresolved auto (train.schedule resolves it)
         return {}
     if not spec.eval_every:
         raise RecipeError(f"train.early_stopping.patience: needs validation rounds; set train.eval_every > 0 (found {spec.eval_every})")
@@ -91,7 +91,7 @@ def early_stopping_args(spec: TrainSpec, has_val: bool) -> dict:
         "save_strategy": "steps",
         "save_steps": spec.eval_every,
         "save_total_limit": 1,  # plus the best one, which transformers always keeps
-        "save_only_model": True,  # no optimizer state: these checkpoints exist to be reloaded, not resumed
+        "save_only_model": False,  # optimizer, scheduler and RNG too: `peftkit train --resume` continues from them
         "load_best_model_at_end": True,
         "metric_for_best_model": "eval_loss",
         "greater_is_better": False,
@@ -104,7 +104,7 @@ def early_stopping_callbacks(spec: TrainSpec, general_texts: list[str] | None, t
 
     es = spec.early_stopping
     callbacks: list[TrainerCallback] = []
-    if es.patience is not None:
+    if isinstance(es.patience, int):
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=es.patience, early_stopping_threshold=es.min_delta))
     if es.general_loss_increase is not None:
         if not spec.eval_every:
@@ -173,7 +173,7 @@ def general_texts_for_training(spec: TrainSpec, data_task: str, run_rows: list[d
 def early_stopping_summary(spec: TrainSpec, trainer, callbacks: list[TrainerCallback]) -> dict | None:
     """What early stopping did: best step and val loss (the adapter kept), whether and why it stopped."""
     es = spec.early_stopping
-    if es.patience is None and es.general_loss_increase is None:
+    if not isinstance(es.patience, int) and es.general_loss_increase is None:
         return None
     state = trainer.state
     planned = state.max_steps
@@ -184,7 +184,7 @@ def early_stopping_summary(spec: TrainSpec, trainer, callbacks: list[TrainerCall
         reason = f"general-text loss rose more than {es.general_loss_increase:g} over the base at step {general.stopped_at}"
     elif stopped_early:
         reason = f"validation loss did not improve for {es.patience} rounds"
-    best_step = state.best_global_step if es.patience is not None else None
+    best_step = state.best_global_step if isinstance(es.patience, int) else None
     summary = (f"{'stopped at step ' + str(state.global_step) + ' of ' + str(planned) + ': ' + reason if reason else 'ran all ' + str(planned) + ' steps'}"
                + (f"; kept the best checkpoint, step {best_step} (val loss {state.best_metric:.4f})" if best_step else ""))
     return {
@@ -194,7 +194,7 @@ def early_stopping_summary(spec: TrainSpec, trainer, callbacks: list[TrainerCall
         "stopped_early": stopped_early,
         "reason": reason,
         "best_step": best_step,
-        "best_val_loss": state.best_metric if es.patience is not None else None,
+        "best_val_loss": state.best_metric if isinstance(es.patience, int) else None,
         "general_loss_history": general.history if general is not None else [],
         "summary": summary,
     }

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from peftkit.recipe import TrainSpec
 from peftkit.train.callbacks import early_stopping_args
+from peftkit.train.checkpoint import checkpoint_args
 
 
 # train.optimizer → transformers' `optim` names (bitsandbytes provides the 8-bit and paged ones).
@@ -22,7 +23,13 @@ def optimizer_note(optimizer: str, device: str) -> str | None:
 
 
 def trainer_kwargs(spec: TrainSpec, run_dir: Path, has_val: bool) -> dict:
-    """Keyword arguments valid for both transformers.TrainingArguments and trl.SFTConfig."""
+    """Keyword arguments valid for both transformers.TrainingArguments and trl.SFTConfig.
+
+    `spec` is resolved: its `auto` learning rate and epochs made concrete by peftkit.train.schedule.
+    """
+    if spec.lr == "auto" or spec.epochs == "auto":
+        raise ValueError("trainer_kwargs: train.lr / train.epochs are still 'auto'; resolve them first "
+                         "(peftkit.train.schedule.resolve_schedule)")
     # With eval_every=0 the caller evaluates once after training (trainer.evaluate()).
     eval_strategy = "steps" if has_val and spec.eval_every else "no"
     return {
@@ -40,7 +47,7 @@ def trainer_kwargs(spec: TrainSpec, run_dir: Path, has_val: bool) -> dict:
         "logging_steps": spec.log_every,
         "eval_strategy": eval_strategy,
         "eval_steps": spec.eval_every or None,
-        "save_strategy": "no",  # the adapter is saved once, to RUN/adapter
+        "save_strategy": "no",  # the adapter is saved once, to RUN/adapter; checkpoints (below) are for resuming
         "report_to": "none",  # MLflow tracking is done by peftkit.tracking with the run's own facts
         "seed": spec.seed,
         "data_seed": spec.seed,
@@ -55,5 +62,6 @@ def trainer_kwargs(spec: TrainSpec, run_dir: Path, has_val: bool) -> dict:
         # worth it when memory is short, which the recipe says explicitly.
         "activation_checkpointing": False,
         "include_num_input_tokens_seen": "non_padding",
+        **checkpoint_args(spec),  # resumable checkpoints every train.checkpoint_every steps (train.checkpoint)
         **early_stopping_args(spec, has_val),  # checkpoints + best-model reload, only when early stopping is on
     }

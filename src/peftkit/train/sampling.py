@@ -79,4 +79,7 @@ class ShuffledLengthBatches:
                 or "input_ids" not in getattr(dataset, "column_names", ())):
             return super()._get_train_sampler(train_dataset)
         lengths = [len(ids) for ids in dataset["input_ids"]]
-        return LengthBatchSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        # One optimizer step's examples over every process: accelerate deals each process its micro-batches in
+        # turn from this order, so several processes train on the same steps as one process would.
+        step_examples = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return LengthBatchSampler(lengths, step_examples)

@@ -28,10 +28,12 @@ from peftkit.train.speed import SpeedPlan, keep_trainable_fp32, plan_speed
 def _sft_trainer_class():
     from trl import SFTTrainer
 
+    from peftkit.train.checkpoint import SafetensorsCheckpoints
     from peftkit.train.loss import labelled_positions_loss
+    from peftkit.train.processes import average_gradients
     from peftkit.train.sampling import ShuffledLengthBatches
 
-    class LabelledPositionsSFTTrainer(ShuffledLengthBatches, SFTTrainer):
+    class LabelledPositionsSFTTrainer(SafetensorsCheckpoints, ShuffledLengthBatches, SFTTrainer):
         """trl's SFTTrainer whose loss projects only labelled positions through the LM head, in chunks.
 
         trl's own loss (a fused head over every position, plus entropy and token-accuracy metrics)
@@ -43,12 +45,20 @@ def _sft_trainer_class():
         long_batches = None  # LongBatchCheckpointing for a single row above the budget
         split_batches = 0
 
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
+                # the decoder runs outside DistributedDataParallel's forward (labelled positions only), so DDP's
+                # hooks never reduce the gradients: average them here, before clipping and the optimizer step
+                average_gradients(self.model.parameters())
+            return loss
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if model.training and self.long_batch_tokens and inputs["input_ids"].numel() > self.long_batch_tokens:
                 return self._loss_in_pieces(model, inputs, num_items_in_batch)
-            return self._labelled_loss(model, inputs, num_items_in_batch)
+            return self._labelled_loss(model, inputs, num_items_in_batch) * self._processes_sharing(num_items_in_batch)
 
         def _labelled_loss(self, model, inputs, num_items_in_batch):
             if self.long_batches is not None and model.training:
@@ -59,6 +69,14 @@ def _sft_trainer_class():
                 return labelled_positions_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch,
                                                self.loss_chunk)
 
+        def _processes_sharing(self, num_items_in_batch) -> int:
+            """The factor the Trainer's own compute_loss applies: with several processes, num_items_in_batch counts
+            the labelled tokens of all of them, and DDP averages their gradients, so each loss is multiplied by the
+            number of processes to give the whole step's per-token mean gradient."""
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                return self.accelerator.num_processes
+            return 1
+
         def _loss_in_pieces(self, model, inputs, num_items_in_batch):
             """The batch's loss from row slices of at most long_batch_tokens tokens: every slice but the last is
             backpropagated here, the last by the Trainer; each divides by the whole batch's labelled tokens, so
@@ -67,16 +85,17 @@ def _sft_trainer_class():
 
             pieces = split_batch(inputs, self.long_batch_tokens)
             count = labelled_tokens(inputs["labels"]).clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+            processes = self._processes_sharing(num_items_in_batch)
             done = 0.0
             for piece in pieces[:-1]:
-                loss = self._labelled_loss(model, piece, count)
+                loss = self._labelled_loss(model, piece, count) * processes
                 # the Trainer divides the loss it backpropagates by the accumulation steps unless the loss is
                 # already normalised over the whole accumulated step (num_items_in_batch): the same here
                 self.accelerator.backward(loss if self._loss_scaled_for_accumulation(num_items_in_batch)
                                           else loss / self.current_gradient_accumulation_steps)
                 done = done + loss.detach()
             self.split_batches += 1
-            return self._labelled_loss(model, pieces[-1], count) + done
+            return self._labelled_loss(model, pieces[-1], count) * processes + done
 
         def _loss_scaled_for_accumulation(self, num_items_in_batch) -> bool:
             """Trainer.training_step's own test, for the slices backpropagated before it runs."""
@@ -90,10 +109,12 @@ def _sft_trainer_class():
 def _plain_sft_trainer_class():
     from trl import SFTTrainer
 
+    from peftkit.train.checkpoint import SafetensorsCheckpoints
     from peftkit.train.sampling import ShuffledLengthBatches
 
-    class PeftkitSFTTrainer(ShuffledLengthBatches, SFTTrainer):
-        """trl's SFTTrainer with length-grouped batches in random order (peftkit.train.sampling)."""
+    class PeftkitSFTTrainer(SafetensorsCheckpoints, ShuffledLengthBatches, SFTTrainer):
+        """trl's SFTTrainer with length-grouped batches in random order (peftkit.train.sampling) and
+        safetensors checkpoints (peftkit.train.checkpoint)."""
 
     return PeftkitSFTTrainer
 

@@ -1,0 +1,38 @@
+"""The auto schedule: learning rate by task and method, epochs by data size, early stopping with more than one pass;
+a value the recipe gives is never changed."""
+
+from peftkit.recipe import TrainSpec
+from peftkit.train.schedule import MAX_EPOCHS, resolve_schedule
+
+CLS = "sequence-classification"
+
+
+def test_small_sets_get_more_passes_with_early_stopping():
+    spec, notes = resolve_schedule(TrainSpec(), CLS, "lora", train_rows=540, has_val=True)
+    assert spec.lr == 1e-3 and spec.epochs == 4.0  # ceil(2000 / 540)
+    assert spec.early_stopping.patience == 2 and spec.eval_every == 34  # 68 steps per epoch of 8, two rounds per epoch
+    assert any("4 epochs (auto: 540 training examples" in n for n in notes)
+    assert any("early stopping on validation loss every 34 steps" in n for n in notes)
+    tiny, _ = resolve_schedule(TrainSpec(), CLS, "lora", train_rows=20, has_val=True)
+    assert tiny.epochs == MAX_EPOCHS
+    large, notes = resolve_schedule(TrainSpec(), CLS, "lora", train_rows=50_000, has_val=True)
+    assert large.epochs == 1.0 and large.early_stopping.patience is None
+
+
+def test_decoder_rates_and_no_early_stopping_without_validation():
+    spec, notes = resolve_schedule(TrainSpec(), "causal-lm", "prompt", train_rows=250, has_val=False)
+    assert spec.lr == 1e-2 and spec.epochs == 4.0 and spec.early_stopping.patience is None
+    assert any("no early stopping (auto: no validation split)" in n for n in notes)
+    assert resolve_schedule(TrainSpec(), "causal-lm", "lora", 250, True)[0].lr == 2e-4
+
+
+def test_given_values_are_kept():
+    given = TrainSpec(lr=5e-4, epochs=2, eval_every=10, early_stopping={"patience": 3})
+    spec, notes = resolve_schedule(given, CLS, "lora", train_rows=100, has_val=True)
+    assert (spec.lr, spec.epochs, spec.eval_every, spec.early_stopping.patience) == (5e-4, 2.0, 10, 3) and notes == []
+    # explicit epochs with early stopping left auto: off, as before auto existed
+    spec, _ = resolve_schedule(TrainSpec(epochs=3), CLS, "lora", train_rows=100, has_val=True)
+    assert spec.early_stopping.patience is None and spec.lr == 1e-3
+    # max_steps decides the length
+    spec, _ = resolve_schedule(TrainSpec(max_steps=5), CLS, "lora", train_rows=100, has_val=True)
+    assert spec.early_stopping.patience is None
