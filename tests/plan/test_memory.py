@@ -101,7 +101,12 @@ def test_memory_grows_with_batch_and_sequence_and_shrinks_with_the_cheaper_choic
     assert peak(batch=1) < peak(batch=2) < peak(batch=4)
     assert peak(seq=256) < peak(seq=512) < peak(seq=1024)
     assert peak(gradient_checkpointing=True) < peak()
-    assert peak(method="qlora") < peak() < peak(method="full")
+    assert peak() < peak(method="full")
+    # QLoRA saves memory on a 7B model; on a 0.5B one with a 152k vocabulary it does not: the fp32 upcast of the
+    # embeddings (prepare_model_for_kbit_training) and the head's cast copy outweigh the 4-bit layers' saving
+    assert peak(method="qlora") > peak()
+    big = TrainPlanSpec(model="llama-2-7b", method="lora", batch=2, seq=512)
+    assert plan_training(big.model_copy(update={"method": "qlora"})).peak_bytes < plan_training(big).peak_bytes
     full = base.model_copy(update={"method": "full"})
     assert plan_training(full.model_copy(update={"optimizer": "adamw-8bit"})).peak_bytes < plan_training(full).peak_bytes
     assert plan_training(full.model_copy(update={"objective": "dpo"})).peak_bytes > plan_training(full).peak_bytes
@@ -111,10 +116,13 @@ def test_memory_grows_with_batch_and_sequence_and_shrinks_with_the_cheaper_choic
 
 def test_qlora_weights_are_about_a_quarter_of_bf16():
     lora = plan_training(TrainPlanSpec(model="llama-2-7b", method="lora"))
-    qlora = plan_training(TrainPlanSpec(model="llama-2-7b", method="qlora"))
+    qlora = plan_training(TrainPlanSpec(model="llama-2-7b", method="qlora", kbit_upcast=False))
     assert qlora.params["quantized"] > 0.95 * qlora.params["total"]
     ratio = sum(qlora.weights.values()) / sum(lora.weights.values())
     assert 0.26 < ratio < 0.30  # 4.127 bits vs 16 per quantized weight, the rest (embeddings, head) in bf16
+    upcast = plan_training(TrainPlanSpec(model="llama-2-7b", method="qlora"))  # prepare_model_for_kbit_training
+    extra = sum(upcast.weights.values()) - sum(qlora.weights.values())
+    assert extra == (qlora.params["total"] - qlora.params["quantized"]) * 2  # the unquantized layers bf16 -> fp32
 
 
 def test_serving_kv_cache_per_token():

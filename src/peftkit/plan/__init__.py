@@ -4,6 +4,7 @@
     plan = plan_training(TrainPlanSpec(model="llama-3.1-8b", method="qlora", batch=4, seq=2048))
 
 Modules: architecture (config → meta model), activations (traced saved tensors), memory (the
-breakdown), hardware (GPU catalog, this machine), advise (verdicts, changes that fit), cost (time,
-price, storage), report (the `peftkit plan` output), guard (`peftkit train` stops before loading).
+breakdown), sharding (one GPU's share under DDP / ZeRO / FSDP), hardware (GPU catalog, this machine),
+advise (verdicts, changes that fit), cost (time, price, storage), report (the `peftkit plan` output),
+guard (`peftkit train` stops before loading).
 """

@@ -48,6 +48,9 @@ class AdapterShape:
     # A dtype: adapters computing in that dtype on their input as it comes, as under peftkit's autocast
     # (peftkit.train.adapter_memory.adapter_inputs_uncast).
     adapter_dtype: str | None = None
+    # True: the frozen base linears keep their input for backward, as bitsandbytes' 4-bit matmul did before
+    # 0.42 (traced by letting those weights require grad, so F.linear saves its input).
+    base_saves_input: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,8 @@ def trace_activations(arch: Architecture, adapter: AdapterShape, batch: int, seq
                       device: str = "cuda") -> ActivationTrace:
     """Trace one training forward of `arch` with `adapter` at batch × seq in `dtype` (see module doc)."""
     targets = adapter.targets if isinstance(adapter.targets, str) else tuple(adapter.targets)
-    key = (id(arch), AdapterShape(adapter.kind, adapter.rank, targets, adapter.dropout, adapter.adapter_dtype), batch,
-           seq, dtype, device)
+    key = (id(arch), AdapterShape(adapter.kind, adapter.rank, targets, adapter.dropout, adapter.adapter_dtype,
+                                  adapter.base_saves_input), batch, seq, dtype, device)
     if key not in _TRACES:
         _TRACES[key] = _trace(arch, *key[1:])
     return _TRACES[key]
@@ -160,6 +163,10 @@ def _small_model(arch: Architecture, adapter: AdapterShape, dtype: str):
             for name, param in model.named_parameters():
                 if "lora_" in name:
                     param.data = param.data.to(getattr(torch, adapter.adapter_dtype))
+        if adapter.base_saves_input:
+            for name, module in _decoder_layers(model).named_modules():
+                if isinstance(module, torch.nn.Linear) and "lora_" not in name:
+                    module.weight.requires_grad_(True)
     elif adapter.kind == "frozen":
         model.requires_grad_(False)
     return model

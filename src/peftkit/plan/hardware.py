@@ -43,6 +43,7 @@ GPUS: dict[str, Device] = {
     d.name: d
     for d in (
         Device("rtx-3060", 12288 * MiB, bf16_tflops=25.4, usd_per_hour=0.10),
+        Device("rtx-3090", 24576 * MiB, bf16_tflops=71.0, usd_per_hour=0.22),
         Device("rtx-4090", 24564 * MiB, bf16_tflops=165.2, usd_per_hour=0.40),
         Device("a10", 23028 * MiB, bf16_tflops=125.0, usd_per_hour=0.75),
         Device("l4", 23034 * MiB, bf16_tflops=121.0, usd_per_hour=0.70),
@@ -52,7 +53,7 @@ GPUS: dict[str, Device] = {
         Device("h200", 143771 * MiB, bf16_tflops=989.0, usd_per_hour=3.50),
     )
 }
-_GPU_ALIASES = {"3060": "rtx-3060", "4090": "rtx-4090", "a100": "a100-80gb", "a100-40": "a100-40gb",
+_GPU_ALIASES = {"3060": "rtx-3060", "3090": "rtx-3090", "4090": "rtx-4090", "a100": "a100-80gb", "a100-40": "a100-40gb",
                 "a100-80": "a100-80gb", "h100": "h100-80gb", "h200-141gb": "h200"}
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}

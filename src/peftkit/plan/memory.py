@@ -28,7 +28,18 @@ and the traced forward (peftkit.plan.activations), not from a rule of thumb:
   AdamW's temporary (all trainable parameters for the multi-tensor CUDA path, the largest tensor for
   the per-tensor CPU path);
 - runtime: a constant per device (below); for DPO the reference model (a second copy of the weights
-  for full fine-tuning; with adapters the base model with adapters disabled is the reference).
+  for full fine-tuning; with adapters the base model with adapters disabled is the reference);
+- QLoRA under 16-bit compute, where peft's prepare_model_for_kbit_training has cast the unquantized
+  layers (embeddings, head, norms) to float32 (`kbit_upcast`): those weights in float32, the head's
+  16-bit cast kept for its backward, and a float32 residual stream (each checkpointed layer input in
+  float32); `bnb_saves_inputs` plans bitsandbytes < 0.42, whose 4-bit matmul kept its input;
+- CUDA allocator reserve: the caching allocator keeps the blocks of the largest transient (one fp32
+  copy of the logits, or a dequantized weight) reserved after they are freed, and they are not reused
+  by the differently sized allocations that follow; `allocated_bytes` is the peak without it and
+  without the runtime (what torch.cuda.max_memory_allocated reports);
+- per GPU of several (`gpus`, `strategy`, `cpu_offload`: peftkit.plan.sharding): what DDP, ZeRO-2,
+  FSDP and ZeRO-3 shard or offload, the layers they gather, DDP's gradient buckets, the reserve of a
+  second CUDA stream; `activation_offload` keeps checkpointed layer inputs in host memory.
 
 The peak is the larger of two moments: the start of backward (weights, optimizer states, saved
 activations, the largest transient, the output head's gradient) and the optimizer step (weights,
@@ -42,8 +53,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from peftkit.plan.activations import DTYPE_BYTES, AdapterShape, trace_activations
+from peftkit.plan.activations import DTYPE_BYTES, AdapterShape, _decoder_layers, trace_activations
 from peftkit.plan.architecture import Architecture, load_architecture
+from peftkit.plan.hardware import PlanError
+from peftkit.plan.sharding import shard, stream_reserve
 from peftkit.recipe import Spec
 
 Method = Literal["full", "lora", "qlora", "dora", "prompt", "prefix"]
@@ -98,6 +111,23 @@ class TrainPlanSpec(Spec):
         "stock", description="stock: a plain transformers/peft training loop (full logits, peft's LoRA layers); "
                              "peftkit: `peftkit train`'s own (LM head only at labelled positions in chunks, adapter "
                              "inputs not copied to fp32 under autocast, LoRA dropout fused into lora_A).")
+    kbit_upcast: bool | None = Field(
+        None, description="QLoRA: peft's prepare_model_for_kbit_training casts the layers left unquantized "
+                          "(embeddings, head, norms) to float32, as `peftkit train` and stock peft/TRL loops do. "
+                          "None: yes, except where FSDP / ZeRO-3 shard the model (one storage dtype for all).")
+    bnb_saves_inputs: bool = Field(
+        False, description="bitsandbytes before 0.42 kept each 4-bit matmul's input for backward (ctx.tensors = "
+                           "(A, B)); 0.42 and later do not. For comparisons with measurements made then.")
+    gpus: int = Field(1, gt=0, description="Data-parallel processes (GPUs), all nodes together.")
+    strategy: Literal["ddp", "fsdp", "zero2", "zero3"] = Field(
+        "ddp", description="What is sharded over the GPUs: ddp nothing; zero2 gradients and optimizer states; "
+                           "fsdp (FULL_SHARD) and zero3 weights, gradients and optimizer states.")
+    cpu_offload: bool = Field(
+        False, description="fsdp / zero3: weights, gradients and optimizer states live in host memory; zero2: "
+                           "gradients and optimizer states (DeepSpeed offload_optimizer).")
+    activation_offload: bool = Field(
+        False, description="With gradient checkpointing: the checkpointed layer inputs wait in host memory "
+                           "(two layers' worth stay on the device: the one in use and the one being copied).")
 
     @field_validator("targets")
     @classmethod
@@ -119,10 +149,15 @@ class MemoryPlan:
     phases: dict[str, int]  # "start of backward", "optimizer step"
     peak_bytes: int
     pageable_bytes: int = 0  # paged optimizer states: can move to host memory under pressure
+    allocated_bytes: int = 0  # the peak as torch.cuda.max_memory_allocated counts it: no runtime, no allocator reserve
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def human(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
 
 
 def _architecture(spec: TrainPlanSpec) -> Architecture:
@@ -216,12 +251,21 @@ def weight_bytes(arch: Architecture, spec: TrainPlanSpec) -> tuple[dict[str, int
     q_numel = sum(d * k for d, k in quantized.values())
     if quantized:
         weights["nf4 (4-bit + block constants)"] = sum(nf4_bytes(d * k, spec.double_quant) for d, k in quantized.values())
-    weights[spec.dtype] = (arch.total_params - q_numel) * dbytes + buffers  # incl. biases of quantized layers
-    if quantized and dbytes < 4:
-        extra = (arch.total_params - q_numel) * (4 - dbytes)
-        notes.append(f"non-quantized layers stay in {spec.dtype}; peft's prepare_model_for_kbit_training "
-                     f"upcasts them to float32: +{extra / 2**30:.2f} GiB")
+    if quantized and dbytes < 4 and kbit_upcast(spec):  # incl. biases of quantized layers
+        weights["float32 (unquantized layers, kbit upcast)"] = (arch.total_params - q_numel) * 4 + buffers
+        notes.append(f"peft's prepare_model_for_kbit_training casts the unquantized layers (embeddings, head, "
+                     f"norms) from {spec.dtype} to float32: +{(arch.total_params - q_numel) * (4 - dbytes) / 2**30:.2f} GiB")
+    else:
+        weights[spec.dtype] = (arch.total_params - q_numel) * dbytes + buffers
     return weights, q_numel, notes
+
+
+def kbit_upcast(spec: TrainPlanSpec) -> bool:
+    """Whether QLoRA's unquantized layers are float32 (prepare_model_for_kbit_training): yes unless FSDP /
+    ZeRO-3 shard the model, which needs one storage dtype (bnb_4bit_quant_storage = the model's dtype)."""
+    if spec.kbit_upcast is not None:
+        return spec.kbit_upcast
+    return not (spec.gpus > 1 and spec.strategy in ("fsdp", "zero3"))
 
 
 def trainable_tensors(arch: Architecture, spec: TrainPlanSpec) -> tuple[list[tuple[int, int]], list[str]]:
@@ -253,10 +297,11 @@ def adapter_shape(spec: TrainPlanSpec, kind: str, targets, compute: str) -> Adap
     """
     if kind not in ("lora", "dora"):
         return AdapterShape(kind)
+    saves = spec.method == "qlora" and spec.bnb_saves_inputs
     if spec.path != "peftkit":
-        return AdapterShape(kind, spec.rank, targets, spec.lora_dropout)
+        return AdapterShape(kind, spec.rank, targets, spec.lora_dropout, base_saves_input=saves)
     return AdapterShape(kind, spec.rank, targets, spec.lora_dropout if kind == "dora" else 0.0,
-                        adapter_dtype=compute if compute != "float32" else None)
+                        adapter_dtype=compute if compute != "float32" else None, base_saves_input=saves)
 
 
 def row_slice(spec: TrainPlanSpec, seqs: int, seq_len: int) -> tuple[int, bool]:
@@ -326,10 +371,47 @@ def plan_training(spec: TrainPlanSpec) -> MemoryPlan:
         notes.append("DPO with an adapter: the reference is the base model with adapters disabled (no copy)")
     runtime = RUNTIME_BYTES[spec.device]
 
+    # ---- QLoRA with float32 unquantized layers (prepare_model_for_kbit_training) under 16-bit autocast
+    upcast = bool(quantized) and dbytes < 4 and kbit_upcast(spec)
+    # the float32 head is cast to the compute dtype for its matmul and that copy is kept for its backward
+    head_cast = model.get_output_embeddings().weight.numel() * dbytes if (upcast and arch.task == "causal-lm") else 0
+    # float32 embeddings make the residual stream float32, so each checkpointed layer input is too
+    residual = trace.layers * trace.layer_input * (4 - dbytes) // dbytes if (upcast and checkpointed) else 0
+    if spec.activation_offload:
+        if not checkpointed:
+            raise PlanError("--activation-offload moves checkpointed layer inputs to host memory: it needs "
+                            "gradient checkpointing (--gradient-checkpointing)")
+        kept = trace.outside + 2 * trace.layer_input * (1 + (residual > 0) * (4 - dbytes) // dbytes)
+        notes.append(f"activation offload: {human(activations + residual - kept)} of checkpointed layer inputs in host memory")
+        activations, residual = kept, 0
+    # CUDA's caching allocator keeps freed blocks reserved; the blocks of the largest transient (one fp32 copy of
+    # the logits, or a dequantized weight) are not reused by the differently sized allocations after them
+    allocator = 0
+    if spec.device == "cuda":
+        allocator = max(logits * 4 // (12 if compute == "float32" else 14) if arch.task == "causal-lm" else 0, dequant)
+
+    # ---- what one GPU holds under the multi-GPU strategy
+    layers_numel = sum(p.numel() for p in _decoder_layers(model).parameters())
+    outside = (total_params - layers_numel) * (4 if upcast else dbytes)
+    layer_bytes = (sum(weights.values()) - outside + grads) // arch.layers
+    state, added, more_notes = shard(spec, {"weights": sum(weights.values()), "adapter / trainable copy": adapter_bytes,
+                                            "gradients": grads, "optimizer states": states,
+                                            "optimizer step temporary": step_scratch}, layer_bytes, outside)
+    notes += more_notes
+    if state["weights"] != sum(weights.values()):
+        total_w = sum(weights.values())
+        weights = {k: v * state["weights"] // total_w for k, v in weights.items()}
+    adapter_bytes, grads, states, step_scratch = (state["adapter / trainable copy"], state["gradients"],
+                                                  state["optimizer states"], state["optimizer step temporary"])
+    gathered = added.get("unsharded layers (all-gather)", 0)
+    buckets = added.get("gradient buckets (DDP)", 0)
+
     weights_total = sum(weights.values())
     static = weights_total + adapter_bytes + states + reference
-    backward = static + activations + transient + head_grad
-    step = static + grads + step_scratch
+    backward = static + activations + residual + transient + head_grad + head_cast + gathered
+    step = static + grads + step_scratch + buckets
+    allocator += stream_reserve(spec, max(backward, step))
+    backward, step = backward + allocator, step + allocator
     components = {
         **{f"weights {k}": v for k, v in weights.items()},
         "adapter / trainable copy": adapter_bytes,
@@ -337,12 +419,17 @@ def plan_training(spec: TrainPlanSpec) -> MemoryPlan:
         "optimizer states": states,
         "optimizer step temporary": step_scratch,
         "activations": activations,
+        "float32 residual stream (checkpoints)": residual,
         "logits (loss, fp32)": logits,
         "checkpoint recompute": recompute,
         "4-bit dequantized weight": dequant,
         "DoRA weight norm": dora_scratch,
         "output head gradient": head_grad,
+        "output head cast (kept for backward)": head_cast,
         "reference model (DPO)": reference,
+        "unsharded layers (all-gather)": gathered,
+        "gradient buckets (DDP)": buckets,
+        "CUDA allocator reserve": allocator,
         "runtime": runtime,
     }
     arch_info = {"name": arch.name, "source": arch.source, "task": arch.task, "model_type": arch.config.model_type,
@@ -356,6 +443,7 @@ def plan_training(spec: TrainPlanSpec) -> MemoryPlan:
         phases={"start of backward": backward + runtime, "optimizer step": step + runtime},
         peak_bytes=max(backward, step) + runtime,
         pageable_bytes=states if spec.optimizer.startswith("paged") else 0,
+        allocated_bytes=max(backward, step) - allocator,
         notes=notes,
     )
 

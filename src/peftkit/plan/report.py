@@ -71,7 +71,10 @@ def print_report(report: dict, console: Console) -> None:
                   f"vocab {arch['vocab']}, {first['params']['total'] / 1e9:.3f}B params, {arch['task']}; "
                   f"batch {s['batch']} × seq {s['seq']}, {s['dtype']}, optimizer {s['optimizer']}, "
                   f"checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, {s['objective']}, for {s['device']}, "
-                  f"{s.get('path', 'stock')} training path")
+                  f"{s.get('path', 'stock')} training path"
+                  + (f"; per GPU of {s['gpus']}, {s['strategy']}{' + CPU offload' if s['cpu_offload'] else ''}"
+                     if s.get("gpus", 1) > 1 or s.get("cpu_offload") else "")
+                  + ("; activations offloaded" if s.get("activation_offload") else ""))
     table = Table(title="memory per component")
     table.add_column("component", no_wrap=True)
     for p in plans:
