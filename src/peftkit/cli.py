@@ -2,6 +2,9 @@
 
     peftkit quickstart                 train + eval + merge recipes/quickstart.yaml, one table
     peftkit train RECIPE [--set k=v]   new run directory with an adapter
+    peftkit train RECIPE --processes N  the same on N processes (torchrun, DDP), the recipe's global batch kept
+    peftkit train [RECIPE] --resume RUN continue RUN from its latest checkpoint (after a crash or SIGTERM)
+    peftkit train RECIPE --distributed fsdp|deepspeed --gpus N --nodes M --print-launch   accelerate config + command
     peftkit eval RUN                   base vs tuned on the test split + forgetting gate + report.html
     peftkit eval RUN --data FILE       base vs tuned on another labelled file (RUN/evals/<file stem>/)
     peftkit predict RUN --input FILE --out FILE   batch inference with the tuned model, as eval scored it
@@ -10,11 +13,15 @@
     peftkit merge RUN [--requantize nf4|int8]   merged safetensors + parity check (+ quantized copy)
     peftkit export RUN --for vllm [--merge]     the adapter as vLLM loads it + the exact `vllm serve` command
     peftkit compare RECIPE --methods lora,ia3,...  train + eval each method on the same data, one table
+    peftkit sweep RECIPE --grid method.r=4,8 [--search optuna --trials N] [--parallel K]   a grid, one table, Pareto plots
     peftkit recipe show RECIPE         the resolved recipe, every default filled in
     peftkit data inspect FILE          format, counts, problems, duplicates, token lengths (+ PNG)
     peftkit data prepare RECIPE        validated, cleaned, deduplicated, split data in runs/<id>/data
     peftkit plan [RECIPE] [--model ...] will it fit, what will it cost, which method (nothing loaded)
     peftkit serve --base M --adapter NAME=RUN   one base, many adapters, an OpenAI-compatible API
+    peftkit registry add RUN --name N  store a version (provenance, --sign KEY); list | show | diff | promote
+    peftkit audit verify | show        the hash-chained audit log and every stored file
+    peftkit reproduce NAME@vN          retrain from the recorded recipe and data, compare
     peftkit models | datasets | runs   what is built in, what has run
 
 A user mistake (PeftkitError) prints one red line and exits with status 1; anything else is a bug
@@ -74,14 +81,81 @@ def _quiet_libraries() -> None:
 
 
 @app.command()
-def train(recipe: Annotated[str, typer.Argument(help="Recipe YAML path or shipped recipe name.")], set_: SetOption = None,
-          force: Annotated[bool, typer.Option("--force", help="Train even when the plan says it will not fit.")] = False):
+def train(recipe: Annotated[Optional[str], typer.Argument(
+              help="Recipe YAML path or shipped recipe name (with --resume: optional, must equal the run's).")] = None,
+          set_: SetOption = None,
+          force: Annotated[bool, typer.Option("--force", help="Train even when the plan says it will not fit.")] = False,
+          processes: Annotated[int, typer.Option(
+              "--processes", min=1, help="Train on N processes of this machine (torchrun, DDP: gloo on CPU, NCCL on "
+                                         "CUDA with one GPU each); the global batch stays the recipe's.")] = 1,
+          resume: Annotated[Optional[Path], typer.Option(
+              "--resume", help="Continue this run directory from its latest checkpoint (train.checkpoint_every, "
+                               "SIGTERM).")] = None,
+          distributed: Annotated[Optional[str], typer.Option(
+              "--distributed", help="fsdp or deepspeed: write an accelerate config for --gpus x --nodes and launch "
+                                    "it with `accelerate launch` (see --print-launch).")] = None,
+          gpus: Annotated[int, typer.Option("--gpus", min=1, help="--distributed: GPUs per machine.")] = 1,
+          nodes: Annotated[int, typer.Option("--nodes", min=1, help="--distributed: machines.")] = 1,
+          zero_stage: Annotated[int, typer.Option("--zero-stage", help="--distributed deepspeed: ZeRO stage 2 or 3.")] = 2,
+          cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="--distributed: offload to host memory "
+                                                    "what the engine can.")] = False,
+          print_launch: Annotated[bool, typer.Option("--print-launch", help="--distributed: write the config and "
+                                                     "print the command for every node, start nothing.")] = False):
     """Train an adapter: prepare data, load the base model, add LoRA, train, save RUN/adapter."""
+    from peftkit.train.processes import launch_training, world
+
+    if recipe is None and resume is None:
+        raise PeftkitError("give a RECIPE to train, or --resume RUN to continue a run")
+    if distributed is not None:
+        _launch_distributed(recipe, set_ or [], distributed, gpus, nodes, zero_stage, cpu_offload, print_launch)
+        return
+    here = world()
+    if processes > 1 and here.size == 1:  # the launcher: the workers run this command again under torchrun
+        status, run_dir = launch_training(recipe, set_ or [], processes, force=force, resume=resume)
+        if status:
+            sys.exit(status)  # rank 0 has said why
+        console.print(f"adapter: {run_dir / 'adapter'}")
+        return
+    if here.size != processes:
+        raise PeftkitError(f"--processes {processes}, but torchrun started {here.size}; use `peftkit train --processes "
+                           "N` alone, it starts torchrun itself")
     from peftkit.train.run import train as run_train
 
     _quiet_libraries()
-    result = run_train(recipe, overrides=set_ or [], console=err, force=force)
-    console.print(f"adapter: {result.run_dir / 'adapter'}")
+    try:
+        result = run_train(recipe, overrides=set_ or [], console=err, force=force, resume=resume)
+    except PeftkitError:
+        if here.main:
+            raise
+        sys.exit(1)  # rank 0 prints the error for every process
+    if here.size == 1:  # under torchrun the launcher prints it
+        console.print(f"adapter: {result.run_dir / 'adapter'}")
+
+
+def _launch_distributed(recipe: str | None, sets: list[str], engine: str, gpus: int, nodes: int, zero_stage: int,
+                        cpu_offload: bool, print_only: bool) -> None:
+    """`train --distributed`: write the accelerate config, print the command, run it unless --print-launch."""
+    import subprocess
+
+    from peftkit.distributed import DistributedError, DistributedSpec, plan_launch, write_launch
+    from peftkit.recipe import load_recipe
+
+    if recipe is None:
+        raise DistributedError("--distributed: give the RECIPE to launch")
+    try:
+        spec = DistributedSpec(engine=engine, gpus=gpus, nodes=nodes, zero_stage=zero_stage, cpu_offload=cpu_offload)
+    except ValueError as exc:  # pydantic: name the flag and what it accepts
+        raise DistributedError(f"--distributed: {exc.errors()[0]['loc'][0] if exc.errors()[0]['loc'] else ''}: "
+                               f"{exc.errors()[0]['msg']}") from None
+    launch = plan_launch(load_recipe(recipe, sets), spec, recipe, sets)
+    path = write_launch(launch)
+    for note in launch.notes:
+        err.print(f"[yellow]note: {escape(note)}[/yellow]")
+    err.print(f"accelerate config: {path}" + (" — on every machine, set NODE_RANK (0..) and MAIN_IP (machine 0)"
+                                              if nodes > 1 else ""))
+    console.print(launch.command, markup=False, highlight=False, soft_wrap=True)
+    if not print_only:
+        sys.exit(subprocess.call(launch.command, shell=True))
 
 
 @app.command("eval")
@@ -306,6 +380,46 @@ def compare(
 
 
 @app.command()
+def sweep(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML path or shipped recipe name.")],
+    grid: Annotated[list[str], typer.Option("--grid", help="KEY=V1,V2,... a recipe field and its values (repeatable), "
+                                                          "e.g. --grid method.r=4,8,16 --grid train.lr=5e-4,1e-3.")],
+    search: Annotated[str, typer.Option(help="grid: every combination; optuna: --trials of them chosen by TPE.")] = "grid",
+    trials: Annotated[Optional[int], typer.Option(help="--search optuna: how many combinations to train.")] = None,
+    parallel: Annotated[int, typer.Option(min=1, help="Trials at a time, each in its own process.")] = 1,
+    set_: SetOption = None,
+):
+    """Train and evaluate the recipe at each setting of a grid (or Optuna's picks); one table, sweep.json and
+    report.html with Pareto plots (task metric vs trainable parameters and vs s/step, the best run marked) in
+    runs/<recipe>-sweep-<timestamp>/. The forgetting gate applies to every trial. Exits 1 when a trial failed."""
+    from peftkit.resources import human_bytes
+    from peftkit.sweep import sweep as run_sweep
+
+    _quiet_libraries()
+    result = run_sweep(recipe, grid, overrides=set_ or [], search=search, trials=trials, parallel=parallel, console=err)
+    metric = next((r["metric"] for r in result.rows if r.get("metric")), None) or "task metric"
+    keys = list(result.rows[0]["params"]) if result.rows else []
+    table = _table("trial", *keys, "status", metric, "base", "trainable", "s/step", "peak memory", "forgetting")
+    table.title, table.title_justify = f"peftkit sweep — {result.out_dir}", "left"
+    for r in result.rows:
+        color = {"ok": "green", "gate failed": "yellow"}.get(r["status"], "red")
+        forgetting = {True: "passed", False: "failed"}.get(r.get("forgetting_passed"), "–")
+        table.add_row(r["trial"] + (" ★" if r.get("best") else ""), *[escape(r["params"][k]) for k in keys],
+                      f"[{color}]{r['status']}[/{color}]", _fmt(r.get("tuned")), _fmt(r.get("base")),
+                      f"{r['trainable_params']:,}" if r.get("trainable_params") else "–",
+                      f"{r['seconds_per_step']:.2f}" if r.get("seconds_per_step") else "–",
+                      human_bytes(r["peak_rss_bytes"]) if r.get("peak_rss_bytes") else "–", forgetting)
+    console.print(table)
+    best = result.best
+    console.print(f"best: {best['trial']} ({', '.join(f'{k}={v}' for k, v in best['params'].items())}) → {best['run_dir']}"
+                  if best else "best: none (no trial finished and passed the forgetting gate)")
+    console.print(f"sweep.json, pareto.png, report: {result.out_dir}")
+    if result.failed:
+        err.print(f"[red]failed: {', '.join(result.failed)} (see the rows above)[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
 def quickstart(set_: SetOption = None):
     """Run recipes/quickstart.yaml end to end (train, eval, merge) and print one table."""
     from peftkit.quickstart import quickstart as run_quickstart
@@ -487,6 +601,12 @@ def plan(
     gpu: Annotated[Optional[str], typer.Option(help="GPU names, comma-separated, or 'all' (default).")] = None,
     gpu_memory: Annotated[Optional[str], typer.Option(help="Judge against this much memory instead, e.g. 16GiB.")] = None,
     here: Annotated[bool, typer.Option("--here", help="Judge against this machine's free GPU memory or available RAM.")] = False,
+    gpus: Annotated[int, typer.Option(min=1, help="Data-parallel GPUs (all nodes); memory is planned per GPU.")] = 1,
+    strategy: Annotated[str, typer.Option(help="ddp, fsdp, zero2 or zero3: what is sharded over --gpus.")] = "ddp",
+    cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="fsdp/zero3: weights, gradients, optimizer "
+                                              "states in host memory; zero2: gradients and optimizer states.")] = False,
+    activation_offload: Annotated[bool, typer.Option("--activation-offload", help="Checkpointed layer inputs in "
+                                                     "host memory (needs --gradient-checkpointing).")] = False,
     tokens: Annotated[int, typer.Option(help="Training tokens for the time and price estimate.")] = 10_000_000,
     utilisation: Annotated[float, typer.Option(help="Assumed fraction of peak BF16 throughput (MFU).")] = 0.4,
     tflops: Annotated[Optional[float], typer.Option(help="Peak TFLOP/s of the judged device(s); with --utilisation 1 "
@@ -538,12 +658,18 @@ def plan(
         if max_batch_tokens is not None:
             base = TrainPlanSpec(**{**base.model_dump(), "max_batch_tokens": max_batch_tokens})
         specs = [base]
+        if gpus > 1 or strategy != "ddp" or cpu_offload or activation_offload:
+            specs = [TrainPlanSpec(**{**base.model_dump(), "gpus": gpus, "strategy": strategy, "cpu_offload": cpu_offload,
+                                      "activation_offload": activation_offload,
+                                      "gradient_checkpointing": base.gradient_checkpointing or gradient_checkpointing})]
     elif model is not None:
         methods = [m.strip() for m in method.split(",") if m.strip()]
         try:
             specs = [TrainPlanSpec(model=model, method=m, rank=rank, targets=targets, batch=batch, seq=seq, dtype=dtype,
                                    gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, attention=attention,
                                    objective=objective, task=task, path=path, max_batch_tokens=max_batch_tokens,
+                                   gpus=gpus, strategy=strategy, cpu_offload=cpu_offload,
+                                   activation_offload=activation_offload,
                                    device="cpu" if here and not _has_cuda() else "cuda")
                      for m in methods]
         except ValueError as exc:  # pydantic: name the flag and what it accepts
@@ -566,6 +692,173 @@ def plan(
         console.print_json(json.dumps(report, default=str))
     else:
         print_report(report, console)
+
+
+registry_app = typer.Typer(help="Registered adapter versions: add, list, show, diff, promote (MLflow Model Registry).",
+                            no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+audit_app = typer.Typer(help="The registry's hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+keys_app = typer.Typer(help="Signing keys (EC P-256) for registry signatures and audit checkpoints.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+RegistryOption = Annotated[Path, typer.Option("--registry", help="Registry folder (its MLflow store defaults to "
+                                                                 "sqlite:///<its parent>/mlflow.db).")]
+TrackingOption = Annotated[Optional[str], typer.Option(help="MLflow tracking URI of the registry (any MLflow server).")]
+SignOption = Annotated[Optional[Path], typer.Option("--sign", help="Private key (PEM) to sign with; also signs an "
+                                                                   "audit checkpoint.", envvar="PEFTKIT_SIGNING_KEY")]
+ActorOption = Annotated[Optional[str], typer.Option(help="Who acts, for the audit log (default: the OS user).")]
+
+
+def _registry(root: Path, tracking_uri: str | None):
+    from peftkit.registry.mlflow_registry import Registry
+
+    return Registry(root, tracking_uri)
+
+
+@registry_app.command("add")
+def registry_add(run: RunArg, name: Annotated[str, typer.Option(help="Registered name, e.g. booking-extractor.")],
+                 sign: SignOption = None, actor: ActorOption = None,
+                 parent: Annotated[Optional[str], typer.Option(help="The version this adapter was tuned from.")] = None,
+                 registry: RegistryOption = Path("runs/registry"), tracking_uri: TrackingOption = None):
+    """Store RUN's adapter as the next version of NAME, with provenance.json (in-toto/SLSA) and, with --sign,
+    a model-signing signature; logs the data's sha256 to the MLflow run; audited."""
+    import time
+
+    started = time.perf_counter()
+    version = _registry(registry, tracking_uri).add(run, name, key=sign, actor=actor, parent=parent)
+    console.print(f"{version.ref}: {version.path} ({time.perf_counter() - started:.1f}s"
+                  f"{', signed' if sign else ''})")
+
+
+@registry_app.command("list")
+def registry_list(registry: RegistryOption = Path("runs/registry"), tracking_uri: TrackingOption = None):
+    """Every registered version with its aliases, adapter sha256, base and run."""
+    table = _table("version", "aliases", "adapter sha256", "base", "run", "signed")
+    for r in _registry(registry, tracking_uri).list():
+        table.add_row(f"{r['name']}@v{r['version']}", ", ".join(r["aliases"]) or "–", (r["adapter_sha256"] or "")[:16] + "…",
+                      r["base"] or "–", r["run"], r["signed"] or "–")
+    console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(ref: Annotated[str, typer.Argument(help="NAME@vN or NAME@ALIAS.")],
+                  registry: RegistryOption = Path("runs/registry"), tracking_uri: TrackingOption = None):
+    """One version: base, data and adapter sha256, gates, metrics, who registered it, its audit history."""
+    from peftkit.registry.inspect import describe
+
+    d = describe(_registry(registry, tracking_uri), ref)
+    table = _table("field", "value")
+    for key in ("ref", "aliases", "path", "run", "trained", "base", "method", "seed", "registered_by", "parent", "signed"):
+        table.add_row(key, escape(str(d[key])))
+    for group in ("adapter", "data"):
+        for rel, digest in d[group].items():
+            table.add_row(f"{group}: {rel}", str(digest))
+    for gate, result in d["gates"].items():
+        table.add_row(f"gate: {gate}", f"{result['passed']} ({escape(result['why'])})")
+    for key, value in d["metrics"].items():
+        table.add_row(f"metric: {key}", _fmt(value))
+    for e in d["history"]:
+        table.add_row(f"audit #{e['seq']}", f"{e['time']} {e['actor']} {e['action']} {escape(json.dumps(e['details']))}")
+    console.print(table)
+
+
+@registry_app.command("diff")
+def registry_diff(a: Annotated[str, typer.Argument(help="NAME@vN or NAME@ALIAS.")],
+                  b: Annotated[str, typer.Argument(help="NAME@vN or NAME@ALIAS.")],
+                  registry: RegistryOption = Path("runs/registry"), tracking_uri: TrackingOption = None):
+    """What differs between two versions: recipe fields, base, data and adapter sha256, metrics, gates."""
+    from peftkit.registry.inspect import diff
+
+    rows = diff(_registry(registry, tracking_uri), a, b)
+    table = _table("field", a, b)
+    for key, left, right in rows:
+        table.add_row(key, escape(_fmt(left)), escape(_fmt(right)))
+    console.print(table if rows else f"{a} and {b} have the same recipe, base, data, adapter and metrics")
+
+
+@registry_app.command("promote")
+def registry_promote(ref: Annotated[str, typer.Argument(help="NAME@vN to promote.")],
+                     alias: Annotated[str, typer.Option(help="The alias to point at it, e.g. production or staging.")],
+                     sign: SignOption = None, actor: ActorOption = None,
+                     registry: RegistryOption = Path("runs/registry"), tracking_uri: TrackingOption = None):
+    """Point ALIAS at a version, refused (naming the gate) unless its evaluation, forgetting and (when merged)
+    parity gates passed; audited, with a signed checkpoint."""
+    version = _registry(registry, tracking_uri).promote(ref, alias, key=sign, actor=actor)
+    console.print(f"{version.name}@{alias} -> {version.ref}")
+
+
+@registry_app.command("demote")
+def registry_demote(name: Annotated[str, typer.Argument(help="Registered name.")],
+                    alias: Annotated[str, typer.Option(help="The alias to remove.")],
+                    sign: SignOption = None, actor: ActorOption = None,
+                    registry: RegistryOption = Path("runs/registry"), tracking_uri: TrackingOption = None):
+    """Remove an alias; audited."""
+    _registry(registry, tracking_uri).demote(name, alias, key=sign, actor=actor)
+    console.print(f"{name}@{alias} removed")
+
+
+@keys_app.command("generate")
+def keys_generate(out: Annotated[Path, typer.Option(help="Folder for private.pem (0600) and public.pem.")] = Path("keys")):
+    """Make an EC P-256 key pair for `registry add --sign` and audit checkpoints (offline, no Sigstore)."""
+    from peftkit.registry.signing import generate_keys
+
+    private, public = generate_keys(out)
+    console.print(f"private key: {private} (keep it off the registry machine's shared folders)\npublic key: {public}")
+
+
+@audit_app.command("verify")
+def audit_verify(key: Annotated[Optional[Path], typer.Option(help="Trusted public key (default: the registry's "
+                                                                  "trusted_key.pem).")] = None,
+                 registry: RegistryOption = Path("runs/registry"), tracking_uri: TrackingOption = None):
+    """Check the whole audit chain and its signed checkpoints, every stored file of every version, every
+    signature, base weights against provenance, and every alias. Exits 1 listing each problem."""
+    from peftkit.registry.verify import verify_registry
+
+    report = verify_registry(_registry(registry, tracking_uri), public_key=key)
+    console.print(f"{report.entries} audit entries ({report.signed_entries} covered by a signed checkpoint, "
+                  f"{report.checkpoints} checkpoints, key {report.trusted_key or 'none'}); "
+                  f"{len(report.versions)} versions checked")
+    for problem in report.problems:
+        err.print(f"[red]tampered:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    if report.problems:
+        raise typer.Exit(1)
+    console.print("[green]verified: the chain, every stored file, every signature and alias[/green]")
+
+
+@audit_app.command("show")
+def audit_show(object_: Annotated[Optional[str], typer.Option("--object", help="Only entries about NAME@vN.")] = None,
+               registry: RegistryOption = Path("runs/registry")):
+    """The audit history, oldest first (unverified: `peftkit audit verify` checks it)."""
+    from peftkit.registry.audit import AuditLog
+
+    table = _table("#", "time", "actor", "action", "object", "details")
+    for e in AuditLog(registry).entries():
+        if object_ is None or e.get("object") == object_:
+            table.add_row(str(e.get("seq")), e.get("time", ""), e.get("actor", ""), e.get("action", ""),
+                          e.get("object", ""), escape(json.dumps(e.get("details", {}))))
+    console.print(table)
+
+
+@app.command()
+def reproduce(ref: Annotated[str, typer.Argument(help="NAME@vN or NAME@ALIAS.")],
+              evaluate_: Annotated[bool, typer.Option("--eval", help="Also evaluate and compare the test metrics.")] = False,
+              runs_dir: Annotated[Path, typer.Option(help="Where the new run directory goes.")] = Path("runs"),
+              actor: ActorOption = None, registry: RegistryOption = Path("runs/registry"),
+              tracking_uri: TrackingOption = None):
+    """Retrain a version from its recorded recipe and data (refused if an input changed) and compare the
+    adapter's sha256 and the metrics with the recorded ones."""
+    from peftkit.registry.reproduce import reproduce as run_reproduce
+
+    _quiet_libraries()
+    result = run_reproduce(_registry(registry, tracking_uri), ref, runs_dir=runs_dir, evaluate=evaluate_, actor=actor,
+                           console=err)
+    table = _table("what", "recorded", "reproduced", "same")
+    for r in result.rows:
+        table.add_row(r["what"], _fmt(r["recorded"]), _fmt(r["reproduced"]), "[green]yes[/green]" if r["same"] else "[red]no[/red]")
+    console.print(table)
+    console.print(f"run: {result.run_dir} ({result.seconds:.0f}s); adapter bit for bit: "
+                  f"{'yes' if result.equal_adapter else 'no'}; metrics within tolerance: "
+                  f"{'yes' if result.metrics_within_tolerance else 'no'}")
 
 
 serve_app = typer.Typer(help="Serve one base model and many adapters behind an OpenAI-compatible API.")
@@ -595,6 +888,8 @@ def serve(
     context: Annotated[int, typer.Option(help="Tokens per sequence, prompt + output.")] = 2048,
     timeout: Annotated[float, typer.Option(help="Seconds a request may take before it is stopped (504).")] = 300.0,
     force: Annotated[bool, typer.Option("--force", help="Start even when the memory plan says it will not fit.")] = False,
+    max_step_tokens: Annotated[int, typer.Option(help="Tokens per engine step: decoding sequences + prompt chunks.")] = 512,
+    lora_step: Annotated[str, typer.Option(help="batched (adapters stacked per layer) or peft (peft's adapter_names).")] = "batched",
 ):
     """Serve the base and the adapters: /v1/models, /v1/chat/completions, /v1/completions, /v1/classify."""
     if ctx.invoked_subcommand is not None:
@@ -615,7 +910,8 @@ def serve(
     options = ServeOptions(base=base, adapters=named, keys=str(keys) if keys else None, host=host, port=port,
                            dtype=dtype, adapter_root=adapter_root or [], max_adapters=max_adapters, max_rank=max_rank,
                            max_adapter_bytes=max_adapter_mb << 20, allow_base_mismatch=allow_base_mismatch,
-                           max_batch=max_batch, max_queue=max_queue, context=context, timeout=timeout, force=force)
+                           max_batch=max_batch, max_queue=max_queue, context=context, timeout=timeout, force=force,
+                           max_step_tokens=max_step_tokens, lora_step=lora_step)
     run_server(build_server(options, console=err), console=err)
 
 
