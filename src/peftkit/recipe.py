@@ -275,8 +275,9 @@ class EarlyStoppingSpec(Spec):
 
     patience: Annotated[int, Field(gt=0)] | Literal["auto"] | None = Field(
         "auto", description="Validation rounds without improvement before stopping; null = off. Needs train.eval_every > 0. "
-        "auto: on (patience 2, checked twice per epoch) when train.epochs is auto and chose more than one pass "
-        "over a training split with a validation split; off otherwise (train.log says which)."
+        "auto: on (patience 2, checked twice per epoch) for a causal LM when train.epochs is auto and chose more "
+        "than one pass over a training split with a validation split; off otherwise, and for classifiers, whose "
+        "validation loss bottoms out before their accuracy peaks (train.log says which)."
     )
     min_delta: float = Field(0.0, ge=0.0, description="A val-loss drop smaller than this does not count as an improvement.")
     general_loss_increase: float | None = Field(

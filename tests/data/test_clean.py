@@ -43,6 +43,25 @@ def test_near_duplicates_found_and_distinct_texts_kept():
     assert clean.find_exact(keys + [keys[5]]) == {330: 5}
 
 
+def test_an_instruction_every_row_shares_does_not_make_rows_near_duplicates(tmp_path):
+    rng = random.Random(2)
+    instruction = ("Resolve the time expression against now and answer JSON with the start date, the start time, "
+                   "the end date and the end time, null where the text leaves it open.")
+    rows = [{"instruction": instruction, "input": f"Now: 2018-03-0{i % 9 + 1} 12:43 Text: {doc(rng, 4)}",
+             "output": json.dumps({"start": f"2018-03-{i:02d}"})} for i in range(40)]
+    words = rows[3]["input"].split()
+    rows.append({**rows[3], "input": " ".join(words[:-1] + ["changed"])})  # one word of its own text changed
+    keys = [clean.dedup_key([r["instruction"], r["input"], r["output"]]) for r in rows]
+    assert len(clean.find_near(keys, DedupSpec())) >= 20  # with the instruction compared, most rows collide
+    stripped, shared = clean.without_shared_prefix(keys)
+    assert shared > len(instruction) - 5 and stripped[0].startswith("2018-03-01 12:43 text:")
+    spec = DataSpec(files={"train": write(tmp_path / "tr.jsonl", rows)}, task="extraction", split={"val": 0, "test": 0})
+    prepared = prepare_data(spec, tmp_path / "out")
+    assert prepared.manifest["cleaning"]["near_duplicates"] == 0 and prepared.counts["train"] == 41
+    assert prepared.manifest["cleaning"]["shared_prefix_chars"] == shared
+    assert clean.without_shared_prefix(["the cat sat", "the cat ran"]) == (["the cat sat", "the cat ran"], 0)
+
+
 def test_dedup_and_leakage_through_prepare(tmp_path):
     rng = random.Random(1)
     train = [{"text": doc(rng), "label": "ab"[i % 2]} for i in range(40)]

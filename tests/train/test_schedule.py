@@ -7,16 +7,23 @@ from peftkit.train.schedule import MAX_EPOCHS, resolve_schedule
 CLS = "sequence-classification"
 
 
-def test_small_sets_get_more_passes_with_early_stopping():
+def test_small_sets_get_more_passes():
     spec, notes = resolve_schedule(TrainSpec(), CLS, "lora", train_rows=540, has_val=True)
     assert spec.lr == 1e-3 and spec.epochs == 4.0  # ceil(2000 / 540)
-    assert spec.early_stopping.patience == 2 and spec.eval_every == 34  # 68 steps per epoch of 8, two rounds per epoch
+    assert spec.early_stopping.patience is None  # a classifier runs its passes (see the module's docstring)
     assert any("4 epochs (auto: 540 training examples" in n for n in notes)
-    assert any("early stopping on validation loss every 34 steps" in n for n in notes)
+    assert any("no early stopping (auto: a classifier" in n for n in notes)
     tiny, _ = resolve_schedule(TrainSpec(), CLS, "lora", train_rows=20, has_val=True)
     assert tiny.epochs == MAX_EPOCHS
     large, notes = resolve_schedule(TrainSpec(), CLS, "lora", train_rows=50_000, has_val=True)
     assert large.epochs == 1.0 and large.early_stopping.patience is None
+
+
+def test_a_causal_lm_with_several_passes_stops_early_on_validation_loss():
+    spec, notes = resolve_schedule(TrainSpec(), "causal-lm", "lora", train_rows=250, has_val=True)
+    assert spec.epochs == 4.0 and spec.lr == 2e-4  # ceil(1000 / 250)
+    assert spec.early_stopping.patience == 2 and spec.eval_every == 16  # 32 steps per epoch of 8, two rounds
+    assert any("early stopping on validation loss every 16 steps" in n for n in notes)
 
 
 def test_decoder_rates_and_no_early_stopping_without_validation():

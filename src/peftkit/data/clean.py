@@ -11,6 +11,8 @@ MinHash Jaccard estimate to confirm them against the threshold.
 
 from __future__ import annotations
 
+import os
+
 import re
 import unicodedata
 import zlib
@@ -46,6 +48,26 @@ def dedup_key(texts: Iterable[str]) -> str:
     """What two rows must share to be exact duplicates: casefolded NFKC text, whitespace collapsed."""
     joined = "\n".join(texts)
     return " ".join(unicodedata.normalize("NFKC", joined).casefold().split())
+
+
+SHARED_PREFIX_MIN = 20  # characters: a shorter common start is ordinary text, not a shared instruction
+
+
+def without_shared_prefix(keys: list[str]) -> tuple[list[str], int]:
+    """`keys` without the words every one of them starts with (one instruction or system prompt on every
+    row), and that prefix's length in characters (0 when under SHARED_PREFIX_MIN).
+
+    Near-duplicate detection compares word shingles; a 40-word instruction shared by rows whose own
+    text is a few words makes every pair look ~80% alike, so the shared start is left out of the
+    comparison (exact duplicates are unaffected: equal keys stay equal).
+    """
+    if len(keys) < 2:
+        return keys, 0
+    prefix = os.path.commonprefix(keys)
+    cut = prefix.rfind(" ") + 1 if len(prefix) < min(len(k) for k in keys) else len(prefix)
+    if cut < SHARED_PREFIX_MIN:
+        return keys, 0
+    return [k[cut:] for k in keys], cut
 
 
 def find_exact(keys: list[str]) -> dict[int, int]:

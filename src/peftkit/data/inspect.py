@@ -74,7 +74,7 @@ def inspect_file(path: Path, columns: dict[str, str] | None = None, fmt: str = "
     dedup = dedup or DedupSpec()
     exact = clean.find_exact(keys)
     report.exact_duplicates = len(exact)
-    report.near_duplicates = len(clean.find_near(keys, dedup, skip=set(exact))) if rows else 0
+    report.near_duplicates = len(clean.find_near(clean.without_shared_prefix(keys)[0], dedup, skip=set(exact))) if rows else 0
     if task == "classification":
         report.labels = dict(sorted(Counter(r.record["label"] for r in rows).items()))
         if report.labels:

@@ -354,7 +354,9 @@ def _dedup(rows: list[Row], spec: DataSpec, rejects: list[dict], console: Consol
     keys = [clean.dedup_key(text_fields(r.record)) for r in rows]
     exact = clean.find_exact(keys) if spec.dedup.exact else {}
     near = {}
+    shared = 0  # characters of instruction every row starts with, left out of the near comparison
     if spec.dedup.near and rows:
+        keys, shared = clean.without_shared_prefix(keys)
         with _progress(console, "near duplicates", len(rows) - len(exact)) as advance:
             near = clean.find_near(keys, spec.dedup, skip=set(exact), progress=advance, cache=sketches)
     for i in sorted(set(exact) | set(near)):
@@ -366,15 +368,16 @@ def _dedup(rows: list[Row], spec: DataSpec, rejects: list[dict], console: Consol
         rejects.append({"stage": stage, "where": rows[i].where, "record": rows[i].record,
                         "reason": f"{how} of {rows[j].where}{_label_note(rows[i], rows[j])}"})
     kept = [r for i, r in enumerate(rows) if i not in exact and i not in near]
-    return kept, {"exact_duplicates": len(exact), "near_duplicates": len(near), "dedup": spec.dedup.model_dump()}
+    return kept, {"exact_duplicates": len(exact), "near_duplicates": len(near), "dedup": spec.dedup.model_dump(),
+                  "shared_prefix_chars": shared}
 
 
 def _leakage(splits: dict[str, list[Row]], spec: DataSpec, rejects: list[dict], sketches: dict) -> dict[str, int]:
     """Train rows that are exact or near duplicates of a val/test row leave train (to rejects)."""
     train = splits["train"]
     heldout = [(s, r) for s in ("val", "test") for r in splits[s]]
-    leaks = clean.find_leaks([clean.dedup_key(text_fields(r.record)) for r in train],
-                             [clean.dedup_key(text_fields(r.record)) for _, r in heldout], spec.dedup, sketches)
+    keys, _ = clean.without_shared_prefix([clean.dedup_key(text_fields(r.record)) for r in [*train, *(r for _, r in heldout)]])
+    leaks = clean.find_leaks(keys[:len(train)], keys[len(train):], spec.dedup, sketches)
     counts = Counter()
     for i, (j, kind, sim) in sorted(leaks.items()):
         split, other = heldout[j]

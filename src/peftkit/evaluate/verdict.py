@@ -50,7 +50,10 @@ RESAMPLE_CHUNK = 250  # resamples drawn at once: a [chunk, rows] weight matrix
 COLLAPSE_SHARE = 0.95  # a classifier answering one class this often has collapsed
 MOST = 0.5  # "most answers": the share of generated answers that makes a generator degenerate
 BUDGET_SHARE = 0.9  # an answer of at least this share of eval.max_new_tokens tokens ran to the budget
-REPLAY_HINT = "replay general data while training: data.mix (see recipes/quickstart-replay.yaml)"
+# Measured: quickstart vs quickstart-replay (same 250 emails, 10% chatterbot replay), `peftkit eval` of each.
+REPLAY_HINT = ("replay general data while training: data.mix (recipes/quickstart-replay.yaml: on the quickstart, "
+               "bbc-news perplexity +16% instead of +33% and chatterbot perplexity -43% instead of +107%, "
+               "field accuracy 0.929 instead of 0.932)")
 
 # Resample weights [resamples, rows] (how often each test row was drawn) → the metric per resample [resamples].
 Sampler = Callable[[np.ndarray], np.ndarray]
