@@ -13,8 +13,8 @@ from peftkit.recipe import load_recipe
 RECIPE = "recipes/bbc-news-lora.yaml"
 
 
-def _launch(tmp_path, method: str = "lora", **spec):
-    recipe = load_recipe(RECIPE, [f"method.kind={method}", f"output.runs_dir={tmp_path}"])
+def _launch(tmp_path, method: str = "lora", extra: tuple[str, ...] = (), **spec):
+    recipe = load_recipe(RECIPE, [f"method.kind={method}", f"output.runs_dir={tmp_path}", *extra])
     launch = plan_launch(recipe, DistributedSpec(**spec), RECIPE, ["train.lr=1e-4"])
     write_launch(launch)
     return launch
@@ -59,7 +59,9 @@ def test_fsdp_config_is_accepted_by_accelerate(tmp_path):
 def test_deepspeed_configs_are_accepted_by_accelerate(tmp_path, stage, offload):
     from accelerate.commands.config.config_args import ClusterConfig
 
-    launch = _launch(tmp_path, method="qlora", engine="deepspeed", gpus=2, zero_stage=stage, cpu_offload=offload)
+    storage = ("method.quant_storage=bfloat16",) if stage == 3 else ()  # ZeRO-3 shards the weights: float storage
+    launch = _launch(tmp_path, method="qlora", extra=storage, engine="deepspeed", gpus=2, zero_stage=stage,
+                     cpu_offload=offload)
     loaded = ClusterConfig.from_yaml_file(str(launch.config_path))
     assert loaded.distributed_type.value == "DEEPSPEED"
     assert loaded.deepspeed_config["zero_stage"] == stage
@@ -72,8 +74,18 @@ def test_deepspeed_configs_are_accepted_by_accelerate(tmp_path, stage, offload):
         assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "true"
     # one machine: no rendezvous address to fill in
     assert "--main_process_ip" not in launch.command and "main_process_port" not in loaded.to_dict()
-    # ZeRO-3 shards the 4-bit weights, which needs a float quant storage; ZeRO-2 does not
-    assert any("quant_storage" in n for n in launch.notes) == (stage == 3)
+
+
+def test_sharding_qlora_weights_needs_a_float_quant_storage(tmp_path):
+    from peftkit.methods.qlora import quantization_config
+
+    with pytest.raises(DistributedError, match="method.quant_storage: uint8: zero3 shards only floating-point"):
+        _launch(tmp_path, method="qlora", engine="deepspeed", gpus=2, zero_stage=3)
+    launch = _launch(tmp_path, method="qlora", extra=("method.quant_storage=bfloat16",), engine="fsdp", gpus=2)
+    assert launch.config_path.is_file()
+    recipe = load_recipe(RECIPE, ["method.kind=qlora", "method.quant_storage=bfloat16"])
+    import torch
+    assert quantization_config(recipe.method, precision="bf16").bnb_4bit_quant_storage == torch.bfloat16
 
 
 def test_fsdp_offload_and_fp32_precision(tmp_path):

@@ -134,15 +134,12 @@ def plan_launch(recipe, spec: DistributedSpec, recipe_arg: str, overrides: list[
     notes: list[str] = []
     kind = recipe.method.kind
     if kind == "qlora" and spec.strategy in SHARDS_WEIGHTS:
-        storage = getattr(recipe.method, "quant_storage", None)
-        if storage is None:
-            notes.append(f"{spec.strategy} shards the weights, which needs the 4-bit weights packed in bfloat16 "
-                         "(bnb_4bit_quant_storage); this peftkit's QLoRA loader packs them in uint8 "
-                         "(peftkit.methods.qlora), so this launch will fail until the recipe can say "
-                         "method.quant_storage: bfloat16 - use --distributed deepspeed --zero-stage 2 meanwhile")
-        elif storage not in ("bfloat16", "bf16", "float32", "fp32"):
-            raise DistributedError(f"method.quant_storage: {storage}: {spec.strategy} shards only float tensors; "
-                                   "set method.quant_storage: bfloat16")
+        storage = recipe.method.quant_storage
+        if storage not in ("bfloat16", "float16", "float32"):
+            raise DistributedError(f"method.quant_storage: {storage}: {spec.strategy} shards only floating-point "
+                                   "tensors, and QLoRA packs its 4-bit weights in uint8 by default; set "
+                                   "method.quant_storage: bfloat16 (same bits and memory), or use --distributed "
+                                   "deepspeed --zero-stage 2, which does not shard the weights")
     if kind == "full" and spec.strategy == "zero2" and spec.cpu_offload:
         notes.append("ZeRO-2 offload keeps the full model on every GPU; only gradients and optimizer states move")
     precision = getattr(recipe.train, "precision", "auto")

@@ -149,6 +149,11 @@ class QLoraSpec(LoraSpec):
         "auto", description="dtype the 4-bit weights are dequantized to for each matmul; auto: bf16 where the "
         "hardware path is bf16 (train.precision), else fp32.",
     )
+    quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
+        "uint8", description="dtype the packed 4-bit weights are stored in (bnb_4bit_quant_storage). FSDP and "
+        "ZeRO-3 shard only floating-point tensors: give bfloat16 to train QLoRA sharded (`--distributed fsdp`); "
+        "the bits and the memory are the same.",
+    )
     loftq: bool = Field(
         False, description="LoftQ: initialise A, B so that quantized base + B·A approximates the full-precision "
         "weights (read from the base model's safetensors), instead of B = 0.",

@@ -64,7 +64,7 @@ def quantization_config(spec: QLoraSpec, precision: str | None = None, task: str
         bnb_4bit_quant_type=spec.quant_type,
         bnb_4bit_use_double_quant=spec.double_quant,
         bnb_4bit_compute_dtype=dtype,
-        bnb_4bit_quant_storage=torch.uint8,
+        bnb_4bit_quant_storage=getattr(torch, spec.quant_storage),  # a float dtype lets FSDP/ZeRO-3 shard them
         llm_int8_skip_modules=CLASSIFIER_HEADS if task == "sequence-classification" else None,
     )
 
