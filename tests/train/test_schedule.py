@@ -43,3 +43,28 @@ def test_given_values_are_kept():
     # max_steps decides the length
     spec, _ = resolve_schedule(TrainSpec(max_steps=5), CLS, "lora", train_rows=100, has_val=True)
     assert spec.early_stopping.patience is None
+
+
+def test_a_minimal_causal_lm_recipe_trains_and_evaluates_with_the_general_suite(tiny_llama_dir, tmp_path):
+    """lr and epochs left auto all the way through: training resolves them, and the evaluation's chat scoring
+    (a trl trainer that trains nothing) does not need them."""
+    import json
+
+    from rich.console import Console
+
+    from peftkit.evaluate.run import evaluate
+    from peftkit.train.run import train
+
+    rows = [{"instruction": "Give the city as JSON.", "input": f"I live in city number {i}.",
+             "output": json.dumps({"city": f"c{i}"})} for i in range(30)]
+    data = tmp_path / "cities.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = {"name": "minimal", "model": {"name": str(tiny_llama_dir)},
+              "data": {"files": {"train": str(data)}, "task": "extraction", "split": {"val": 0.1, "test": 0.2}},
+              "train": {"max_steps": 2},
+              "eval": {"max_new_tokens": 8, "general": {"bbc_news": 2, "chatterbot": 2}},
+              "output": {"runs_dir": str(tmp_path / "runs"), "mlflow": False}}
+    run = train(recipe, console=Console(quiet=True)).run_dir
+    assert "schedule: lr 0.0002 (auto: lora on a causal-lm model)" in (run / "train.log").read_text()
+    results = evaluate(run, console=Console(quiet=True), gate=False, report=False)
+    assert "chatterbot" in results["forgetting"]["deltas"]

@@ -331,8 +331,9 @@ def assistant_loss(model, tokenizer, pairs: list[dict], recipe, progress, label:
 
     dataset = datasets.Dataset.from_list(pairs)
     task = progress.add_task(label, total=len(pairs))
-    no_early_stop = recipe.train.model_copy(update={"early_stopping": EarlyStoppingSpec()})  # nothing is trained
-    kwargs = trainer_kwargs(no_early_stop, Path(recipe.output.runs_dir) / ".eval", has_val=False)
+    # nothing is trained: the schedule fields only have to be concrete (the recipe may leave them auto)
+    scoring = recipe.train.model_copy(update={"early_stopping": EarlyStoppingSpec(patience=None), "lr": 1.0, "epochs": 1.0})
+    kwargs = trainer_kwargs(scoring, Path(recipe.output.runs_dir) / ".eval", has_val=False)
     kwargs["per_device_eval_batch_size"] = recipe.eval.batch_size
     args = SFTConfig(**kwargs, max_length=max_length, completion_only_loss=True)
     tokenizer.padding_side = "right"
