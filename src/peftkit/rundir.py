@@ -69,9 +69,15 @@ def write_lineage(run_dir: Path, recipe: Recipe) -> Path:
     peftkit.registry.lineage), so the adapter's sha256 there is that of the file as it stays."""
     config_path = run_dir / "adapter" / "adapter_config.json"
     portable = portable_base_name(recipe.model.name)
-    if config_path.is_file() and portable is not None:
+    if config_path.is_file():
         config = json.loads(config_path.read_text(encoding="utf-8"))
-        config["base_model_name_or_path"] = portable  # peft wrote this machine's folder of the base
+        if portable is not None:
+            config["base_model_name_or_path"] = portable  # peft wrote this machine's folder of the base
+        for key, value in config.items():
+            # peft keeps target_modules (and similar) as sets: written in the process's string-hash order,
+            # so the same training gave a different adapter_config.json sha256 in another process
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                config[key] = sorted(value)
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp = run_dir / "lineage.json.tmp"
     tmp.write_text(json.dumps(build_lineage(run_dir, recipe), indent=2), encoding="utf-8")

@@ -25,6 +25,10 @@ def test_training_writes_lineage_and_names_the_base_portably(tiny_run, tiny_llam
     assert lineage["data"]["splits"] == {k: v["sha256"] for k, v in manifest["splits"].items()}
     assert lineage["threads"] == 1 and lineage["seed"] == 42
     assert {"torch", "transformers", "peft"} <= set(lineage["libraries"])
+    # peft keeps target_modules as a set; written sorted, the file's sha256 is the same in every process
+    targets = json.loads((tiny_run / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    assert len(targets) > 1 and targets == sorted(targets)
+    assert lineage["adapter"]["adapter_config.json"] == sha256_file(tiny_run / "adapter" / "adapter_config.json")
 
 
 def test_a_builtin_base_is_named_by_its_catalog_name_in_the_adapter_config():
